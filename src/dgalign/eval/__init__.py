@@ -1,0 +1,1 @@
+"""Evaluation: exact ground truth on the toy LM, metrics, and the comparison harness."""

@@ -1,0 +1,126 @@
+"""A Hugging Face causal LM behind the `LM` protocol, with our own KV-cache decoding steps.
+
+Every sampler needs per-step access (next-token logits, last hidden state, the cache to branch
+or reorder), so decoding is an explicit loop over `start` / `step` / `select` rather than
+`model.generate`. Prompts are left-padded; position ids follow each row's real tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..types import DecodeState
+
+
+class HFLM:
+    """`LM` over a transformers causal LM and its tokenizer."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        chat: bool | None = None,  # apply the chat template; None: when the tokenizer has one
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.chat = tokenizer.chat_template is not None if chat is None else chat
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else eos[0]
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.forward_tokens = 0
+        self.device = next(model.parameters()).device
+        # transformers 5.x renamed `past_key_values` to `cache`; speak whichever this version takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    # -- text at the edges ---------------------------------------------------------------------
+    def encode(self, prompts: list[str], *, raw: bool = False) -> list[list[int]]:
+        if self.chat and not raw:
+            return [
+                list(
+                    self.tokenizer.apply_chat_template(
+                        [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+                    )
+                )
+                for p in prompts
+            ]
+        return [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def embeddings(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    # -- decoding ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple:
+        """Run `ids` (B, k) after what `cache` holds; the cache is extended in place."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        self.forward_tokens += int(ids.shape[0] * ids.shape[1])
+        return out.logits[:, -1].float(), out.hidden_states[-1][:, -1], cache
+
+    def start(self, prompt_ids: list[list[int]]) -> DecodeState:
+        ids, mask = self._left_pad(prompt_ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        logits, hidden, cache = self._forward(ids, mask, positions, DynamicCache())
+        return DecodeState(logits, hidden, cache, mask, mask.sum(-1))
+
+    def step(self, state: DecodeState, tokens: torch.Tensor) -> DecodeState:
+        tokens = tokens.to(self.device)
+        batch, k = tokens.shape
+        mask = torch.cat([state.mask, state.mask.new_ones(batch, k)], dim=-1)  # (B, L + k)
+        positions = state.lengths[:, None] + torch.arange(k, device=self.device)  # (B, k)
+        logits, hidden, cache = self._forward(tokens, mask, positions, state.cache)
+        return DecodeState(logits, hidden, cache, mask, state.lengths + k)
+
+    def select(self, state: DecodeState, index: torch.Tensor) -> DecodeState:
+        index = index.to(self.device)
+        state.cache.reorder_cache(index)  # in place: the old state is consumed
+        return DecodeState(
+            state.logits[index], state.hidden[index], state.cache, state.mask[index], state.lengths[index]
+        )
+
+    @torch.no_grad()
+    def sequence_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
+        rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        ids, mask = self._left_pad(rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+        self.forward_tokens += int(ids.numel())
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L - 1)
+        width = ids.shape[1]
+        out = torch.zeros(len(rows))
+        for i, c in enumerate(completion_ids):
+            if c:
+                out[i] = logp[i, width - 1 - len(c) :].sum()
+        return out
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r)
+                mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)

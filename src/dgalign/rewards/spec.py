@@ -1,0 +1,194 @@
+"""Reward specs: parse "toxicity:1,sentiment:0.5" into a checked weighted sum of reward callables.
+
+    SPEC   := TERM ("," TERM)*                                  the terms' weighted sum
+    TERM   := SOURCE ["(" KEY=VALUE ("," KEY=VALUE)* ")"] [(":" | "@") WEIGHT]
+    SOURCE := NAME          a `REWARDS` entry: "toxicity", "length(target=20)"
+            | MODULE:ATTR   an importable callable, a class being instantiated: "mypkg.rewards:score"
+            | hf:MODEL      an HF sequence-classification reward model (hub id or local directory)
+    WEIGHT := a decimal number, 1 when absent: "toxicity:2", "sentiment@-0.5", "mypkg.rewards:score@2"
+
+A trailing ":" or "@" followed by a number is always the weight; after ":" anything that is not a
+number is an attribute (or, after "hf:", a model), so "mypkg:score" and "toxicity:2" cannot be
+confused. Parameters go to the reward class's constructor ("hf:org/rm(batch_size=4)" too); each
+VALUE is a Python literal (20, 0.5, True, 'text') or else a bare word taken as a string.
+"""
+
+import ast
+import importlib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from dgalign.errors import DGAlignError, RewardError, UnknownNameError
+from dgalign.rewards import REWARDS
+from dgalign.types import Reward
+
+SYNTAX = (
+    "TERM[,TERM...] with TERM = NAME[(KEY=VALUE,...)][:WEIGHT], MODULE:ATTR[@WEIGHT] or hf:MODEL[@WEIGHT]"
+)
+HF_FACTORY = "dgalign.rewards.hf:HFRewardModel"
+
+_WEIGHT = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_TERM = re.compile(rf"(?P<source>[^()]*?)(?:\((?P<params>[^()]*)\))?(?:[:@](?P<weight>{_WEIGHT}))?")
+_TERM_SEP = re.compile(r",(?![^()]*\))")  # commas outside parentheses
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+@dataclass
+class WeightedSum:
+    """r(c, y) = sum_i w_i r_i(c, y) over named reward terms, each called once per batch and checked."""
+
+    name: str  # the spec it was parsed from
+    terms: list[tuple[str, float, Reward]]  # (term name, weight, reward)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        if len(prompts) != len(completions):
+            raise DGAlignError(
+                f"reward {self.name!r} got {len(prompts)} prompts for {len(completions)} completions"
+            )
+        if not completions:
+            return torch.zeros(0)
+        return sum(
+            weight * _checked(name, reward, prompts, completions) for name, weight, reward in self.terms
+        )
+
+
+def _checked(name: str, reward: Reward, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    """One term's scores (B,) float32, or a `RewardError` naming the term."""
+    try:
+        scores = reward(prompts, completions)
+    except Exception as err:
+        raise RewardError(f"reward {name!r} raised {type(err).__name__}: {err}") from err
+    b = len(completions)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (b,):
+        got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise RewardError(
+            f"reward {name!r} returned {got} for {b} completions; expected a tensor of shape ({b},)"
+        )
+    scores = scores.float()
+    counts = {"NaN": int(scores.isnan().sum()), "inf": int(scores.isinf().sum())}
+    if any(counts.values()):
+        found = " and ".join(f"{kind} for {n}" for kind, n in counts.items() if n)
+        raise RewardError(f"reward {name!r} returned {found} of {b} completions")
+    return scores
+
+
+def get_reward(spec: str) -> WeightedSum:
+    """The reward a spec names (see the module docstring), as a `WeightedSum` of its terms."""
+    spec = spec.strip()
+    if not spec:
+        raise DGAlignError(
+            f"empty reward spec; a spec is {SYNTAX}, e.g. 'toxicity' or 'toxicity:1,sentiment:0.5'"
+        )
+    terms = []
+    for text in _TERM_SEP.split(spec):
+        if not text.strip():
+            raise DGAlignError(f"empty term in reward spec {spec!r} (a stray comma?); a spec is {SYNTAX}")
+        terms.append(_term(text.strip()))
+    names = [name for name, _, _ in terms]
+    for name in names:
+        if names.count(name) > 1:
+            raise DGAlignError(f"reward {name!r} appears twice in {spec!r}; give it one term with one weight")
+    return WeightedSum(spec, terms)
+
+
+def describe_rewards() -> list[dict]:
+    """Name, range and description of every `REWARDS` entry (for `dgalign rewards --json`)."""
+    return [
+        {"name": name, "range": info.range, "description": info.description} for name, info in REWARDS.items()
+    ]
+
+
+def _term(text: str) -> tuple[str, float, Reward]:
+    """(name, weight, reward) of one term."""
+    if "::" in text:
+        raise _malformed(text, "'::' is not valid; one ':' separates MODULE from ATTR, or NAME from WEIGHT")
+    match = _TERM.fullmatch(text)
+    if match is None:
+        raise _malformed(
+            text, "parameters go in one (...) right after the source, and only a weight may follow them"
+        )
+    source, weight = match["source"].strip(), match["weight"]
+    if "@" in source:
+        raise _malformed(text, f"the weight after '@' must be a number, got {source.rpartition('@')[2]!r}")
+    if not source:
+        raise _malformed(text, "no reward is named before the weight")
+    name, w = text, 1.0
+    if weight is not None:
+        name, w = text[: match.start("weight") - 1].strip(), float(weight)
+    return name, w, _build(text, source, _params(text, match["params"]))
+
+
+def _build(term: str, source: str, params: dict) -> Reward:
+    """The reward callable a term's source names, constructed with its parameters."""
+    if source.startswith("hf:"):
+        model = source.removeprefix("hf:").strip()
+        if not model:
+            raise _malformed(term, "hf: needs a model id or directory, e.g. 'hf:org/reward-model'")
+        return _construct(term, _import(term, HF_FACTORY), params, model)
+    if ":" in source:
+        module, _, attr = source.partition(":")
+        if not (module and attr):
+            raise _malformed(term, "':' needs a reward before it and a WEIGHT or ATTR after it")
+        if not (_DOTTED.fullmatch(module) and _DOTTED.fullmatch(attr)):
+            raise _malformed(
+                term, f"{source!r} is neither NAME:WEIGHT (a number) nor MODULE:ATTR (Python names)"
+            )
+        return _construct(term, _import(term, source), params)
+    if source not in REWARDS:
+        raise UnknownNameError("reward", source, REWARDS)
+    return _construct(term, _import(term, REWARDS[source].factory), params)
+
+
+def _import(term: str, target: str):
+    """The object "module:attr" names; the attribute may be dotted."""
+    module, _, attr = target.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as err:
+        raise DGAlignError(f"reward term {term!r}: cannot import module {module!r}: {err}") from err
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise DGAlignError(f"reward term {term!r}: module {module!r} has no attribute {attr!r}") from err
+    return obj
+
+
+def _construct(term: str, factory, params: dict, *args) -> Reward:
+    """A class is instantiated with the term's parameters; a function is the reward itself."""
+    if isinstance(factory, type):
+        try:
+            return factory(*args, **params)
+        except TypeError as err:
+            raise DGAlignError(f"reward term {term!r}: bad parameters {params}: {err}") from err
+    if not callable(factory):
+        raise DGAlignError(f"reward term {term!r} names {type(factory).__name__}, not a callable")
+    if params:
+        raise DGAlignError(f"reward term {term!r}: parameters apply only to a class, not to a function")
+    return factory
+
+
+def _params(term: str, params: str | None) -> dict:
+    """KEY=VALUE parameters; a VALUE is a Python literal, or else a bare word taken as a string."""
+    if params is None or not params.strip():
+        return {}
+    kwargs = {}
+    for item in params.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not (eq and key.isidentifier() and value):
+            raise _malformed(term, f"parameters are KEY=VALUE, got {item.strip()!r}")
+        kwargs[key] = _literal(value)
+    return kwargs
+
+
+def _literal(value: str):
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _malformed(term: str, why: str) -> DGAlignError:
+    return DGAlignError(f"bad reward term {term!r}: {why}; a spec is {SYNTAX}")

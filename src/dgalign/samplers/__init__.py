@@ -1,0 +1,67 @@
+"""The samplers, one file each, all with the signature
+`sample_<name>(lm, reward, prompts, cfg, *, generator=None, callback=None) -> Samples`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+
+from ..errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A table entry: where the sampler and its config live, and what it does."""
+
+    sampler: str  # "module:function", imported on use
+    config: str  # "module:ConfigClass"
+    needs_reward: bool
+    description: str
+
+
+SAMPLERS: dict[str, Method] = {
+    "base": Method(
+        "dgalign.samplers.ancestral:sample_base",
+        "dgalign.samplers.ancestral:BaseConfig",
+        needs_reward=False,
+        description="plain ancestral sampling (temperature, top-p, top-k); reward only reported",
+    ),
+    "bon": Method(
+        "dgalign.samplers.bon:sample_bon",
+        "dgalign.samplers.bon:BoNConfig",
+        needs_reward=True,
+        description="best-of-N: N base samples sharing the prompt KV cache, keep the highest reward",
+    ),
+}
+
+
+def _load(ref: str):
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get_method(name: str) -> Method:
+    if name not in SAMPLERS:
+        raise UnknownNameError("method", name, SAMPLERS)
+    return SAMPLERS[name]
+
+
+def get_sampler(name: str):
+    """The sampler function and its default config for a method name."""
+    method = get_method(name)
+    return _load(method.sampler), _load(method.config)()
+
+
+def describe_methods() -> list[dict]:
+    """Every method: name, whether it needs a reward, description, and its config defaults."""
+    return [
+        {
+            "name": name,
+            "needs_reward": m.needs_reward,
+            "description": m.description,
+            "config": dataclasses.asdict(_load(m.config)()),
+        }
+        for name, m in SAMPLERS.items()
+    ]

@@ -1,0 +1,55 @@
+"""Ancestral decoding from a `DecodeState` to EOS or the length limit: the loop every sampler shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import filter_logits, sample_categorical, token_logprobs
+from ..types import LM, DecodeState, SamplerConfig
+
+
+@dataclass
+class Rollout:
+    """Completions of B rows: tokens (EOS included when drawn) and their log-probs."""
+
+    tokens: list[list[int]]
+    base_logprobs: torch.Tensor  # (B,) log p_θ(y | prefix), untruncated base model
+    proposal_logprobs: torch.Tensor  # (B,) log q(y | prefix) under the filtered proposal
+
+
+def rollout(
+    lm: LM,
+    state: DecodeState,
+    cfg: SamplerConfig,
+    max_new_tokens: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> Rollout:
+    """Sample every row of `state` to EOS; rows that finish leave the batch (their cache rows too)."""
+    batch = state.batch_size
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    base_lp = torch.zeros(batch)
+    prop_lp = torch.zeros(batch)
+    rows = torch.arange(batch)  # original row of each live row
+    eos = torch.tensor(lm.eos_token_ids)
+    for t in range(max_new_tokens):
+        filtered = filter_logits(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V)
+        tok = sample_categorical(filtered, generator)  # (b,)
+        base_lp[rows] += token_logprobs(state.logits, tok).cpu()
+        prop_lp[rows] += token_logprobs(filtered, tok).cpu()
+        for r, k in zip(rows.tolist(), tok.tolist(), strict=True):
+            tokens[r].append(k)
+        if callback is not None:
+            callback({"step": t, "live": len(rows)})
+        done = torch.isin(tok.cpu(), eos)
+        if t == max_new_tokens - 1 or done.all():
+            break
+        if done.any():
+            keep = (~done).nonzero().squeeze(-1)
+            state, tok, rows = lm.select(state, keep), tok[keep.to(tok.device)], rows[keep]
+        state = lm.step(state, tok[:, None])
+    return Rollout(tokens, base_lp, prop_lp)
