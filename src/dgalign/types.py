@@ -50,6 +50,7 @@ class LM(Protocol):
     pad_token_id: int
     max_context: int  # prompt + completion tokens the model accepts
     forward_tokens: int  # running count of token positions pushed through the model
+    device: torch.device  # where its tensors live
 
     def encode(self, prompts: list[str], *, raw: bool = False) -> list[list[int]]:
         """Token ids of each prompt; the chat template is applied unless `raw` or a base model."""

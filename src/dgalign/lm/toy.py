@@ -39,6 +39,7 @@ class ToyLM:
         self.max_context = 64
         self.max_new_tokens = cfg.max_new_tokens
         self.forward_tokens = 0
+        self.device = torch.device("cpu")
         self.embed = torch.randn(vocab, dim, generator=gen)  # E (V, D)
         self.w_in = torch.randn(dim, dim, generator=gen) / dim**0.5
         self.w_rec = torch.randn(dim, dim, generator=gen) / dim**0.5

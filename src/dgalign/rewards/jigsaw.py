@@ -11,9 +11,9 @@ The network, as `toxic_classifier/model.py` builds it (dropout is off at inferen
     -> Dense(50, relu) -> Dense(6, sigmoid) over (toxic, severe_toxic, obscene, threat, insult, identity_hate)
 
 Reward: -P(toxic), the first sigmoid output, in [-1, 0]. The package's own `predict` averages the
-six outputs; we do not, because the other five are sub-types of `toxic` in the Jigsaw labels and
-the rare ones (threat, identity_hate) stay near 0, so the mean squeezes a plainly toxic text to
-~0.5 while `toxic` alone is the probability the reward means. The package's `classify` does not
+six outputs; we do not, because the other five are finer kinds of toxicity (nearly always
+co-labelled `toxic` in Jigsaw) and the rare ones (threat, identity_hate) stay near 0, so the mean
+squeezes a plainly toxic text to ~0.5 while `toxic` alone is the probability the reward means. The package's `classify` does not
 call `utils.clean_text`, so neither do we. Padding is not masked in the Keras model (no
 `mask_zero`): the LSTM runs over the left padding too, so an empty text scores P(toxic) ~ 0.07.
 """
@@ -34,7 +34,6 @@ from dgalign.errors import DGAlignError
 
 MAXLEN = 100  # tokens per text: pad_sequences(maxlen=100), padding and truncating "pre"
 LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")  # the 6 sigmoid outputs
-
 
 _H5_VARS = [
     "embedding/vars/0",
@@ -170,7 +169,7 @@ class JigsawToxicity:
     def __init__(self):
         _model_dir()  # fail at construction, not at the first call, if the package is missing
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: rewards may be multiplied into a loss that needs grad
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """Sigmoid outputs for the six LABELS, (B, 6) float32."""
         tokenizer, model = _load()

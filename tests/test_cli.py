@@ -1,0 +1,92 @@
+"""The CLI: listings, JSON shape, and every bad-input case gives one line and exit code 2."""
+
+import json
+import sys
+
+import pytest
+
+from dgalign.cli import main
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["dgalign", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_listings_json(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "methods", "--json")
+    assert code == 0
+    methods = {m["name"]: m for m in json.loads(out)}
+    assert {"base", "bon"} <= set(methods)
+    assert methods["bon"]["config"]["n"] == 4
+    code, out, _ = run(monkeypatch, capsys, "rewards", "--json")
+    assert {"toxicity", "toxicity-gold", "sentiment", "sentiment-gold", "readability", "length", "format"} <= {
+        r["name"] for r in json.loads(out)
+    }
+    code, out, _ = run(monkeypatch, capsys, "models", "--json")
+    assert "smollm2-135m-instruct" in {m["name"] for m in json.loads(out)}
+
+
+def test_generate_json_on_toy(monkeypatch, capsys):
+    code, out, _ = run(
+        monkeypatch, capsys, "generate", "ab", "ca", "--model", "toy", "--method", "bon", "--set", "n=3",
+        "--reward", "dgalign.eval.exact:toy_reward", "--max-new-tokens", "3", "--num-samples", "2", "--json",
+    )
+    assert code == 0
+    obj = json.loads(out)
+    assert obj["model"] == "toy" and obj["method"] == "bon"
+    assert [r["prompt"] for r in obj["results"]] == ["ab", "ab", "ca", "ca"]
+    assert set(obj["results"][0]) == {"prompt", "completion", "reward", "num_tokens"}
+    assert set(obj["cost"]) == {"wall_s", "lm_forward_tokens", "reward_calls", "tokens_per_s", "peak_rss_mb"}
+    assert obj["cost"]["reward_calls"] == 12  # 2 prompts x 2 samples x n=3
+
+
+def test_generate_human_output(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "generate", "ab", "--model", "toy", "--reward",
+                       "dgalign.eval.exact:toy_reward", "--max-new-tokens", "3")
+    assert code == 0
+    assert "> ab" in out and "reward" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], "unknown method 'nope'; valid: base, bon"),
+        (["--reward", "nope"], "unknown reward 'nope'; valid:"),
+        (["--model", "nope"], "unknown model 'nope'; valid:"),
+        (["--reward", "toxicity:,"], "bad reward"),
+        (["--reward", "toxicity:abc"], "reward"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--set", "bogus=1"], "unknown setting 'bogus'"),
+        (["--set", "n=many", "--method", "bon"], "--set n=many: expected int"),
+        (["--model", "toy", "--max-new-tokens", "100"], "exceeds toy's context of 64 tokens"),
+    ],
+)
+def test_generate_errors(monkeypatch, capsys, args, message):
+    code, out, err = run(monkeypatch, capsys, "generate", "ab", *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_empty_prompt(monkeypatch, capsys):
+    code, _, err = run(monkeypatch, capsys, "generate", "  ", "--model", "toy")
+    assert code == 2 and "empty prompt" in err
+
+
+def test_missing_model_package_names_pip(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "gemma3" in name else real(name, *a))
+    monkeypatch.setenv("DGALIGN_CACHE", str(tmp_path))
+    code, _, err = run(monkeypatch, capsys, "generate", "hi", "--model", "gemma3-270m")
+    assert code == 2
+    assert "pip install 'dgalign[gemma]'" in err
