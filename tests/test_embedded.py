@@ -52,3 +52,11 @@ def test_bon_on_embedded_model_raises_reward(lm):
     assert float(bon.rewards.mean()) > float(base.rewards.mean())
     # the 32 candidates share one prefill of the prompt: far fewer forward tokens than 32 prefills
     assert bon.cost.lm_forward_tokens < 32 * (len(prompts.ids[0]) + 16)
+
+
+def test_hidden_state_is_the_last_layer_output(lm):
+    ids = lm.encode(["Hi there", "Write a story about cats"])
+    state = lm.start(ids)
+    ref = lm.model(input_ids=torch.tensor([ids[1]]), output_hidden_states=True).hidden_states[-1][0, -1]
+    assert torch.allclose(state.hidden[1], ref, atol=1e-4)
+    assert state.hidden.shape == (2, lm.embeddings().shape[1])

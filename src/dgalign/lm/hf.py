@@ -43,6 +43,13 @@ class HFLM:
         self.device = next(model.parameters()).device
         # transformers 5.x renamed `past_key_values` to `cache`; speak whichever this version takes
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        # the LM head's input is the last hidden state, whatever the architecture: catch it there
+        # (cheaper than output_hidden_states, which keeps every layer's output)
+        self._head_input: torch.Tensor | None = None
+        model.get_output_embeddings().register_forward_pre_hook(self._catch_head_input)
+
+    def _catch_head_input(self, module, args) -> None:
+        self._head_input = args[0]
 
     # -- text at the edges ---------------------------------------------------------------------
     def encode(self, prompts: list[str], *, raw: bool = False) -> list[list[int]]:
@@ -72,12 +79,11 @@ class HFLM:
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            output_hidden_states=True,
             logits_to_keep=1,
             **{self._cache_kw: cache},
         )
         self.forward_tokens += int(ids.shape[0] * ids.shape[1])
-        return out.logits[:, -1].float(), out.hidden_states[-1][:, -1], cache
+        return out.logits[:, -1].float(), self._head_input[:, -1], cache
 
     def start(self, prompt_ids: list[list[int]]) -> DecodeState:
         ids, mask = self._left_pad(prompt_ids)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import filter_logits, sample_categorical, token_logprobs
+from ..ops import gather, proposal_logprobs, sample_logprobs
 from ..types import LM, DecodeState, SamplerConfig
 
 
@@ -37,10 +37,10 @@ def rollout(
     rows = torch.arange(batch)  # original row of each live row
     eos = torch.tensor(lm.eos_token_ids)
     for t in range(max_new_tokens):
-        filtered = filter_logits(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V)
-        tok = sample_categorical(filtered, generator)  # (b,)
-        base_lp[rows] += token_logprobs(state.logits, tok).cpu()
-        prop_lp[rows] += token_logprobs(filtered, tok).cpu()
+        base, prop = proposal_logprobs(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V) each
+        tok = sample_logprobs(prop, generator)  # (b,)
+        base_lp[rows] += gather(base, tok).cpu()
+        prop_lp[rows] += gather(prop, tok).cpu()
         for r, k in zip(rows.tolist(), tok.tolist(), strict=True):
             tokens[r].append(k)
         if callback is not None:
