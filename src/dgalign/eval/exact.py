@@ -95,5 +95,65 @@ def iid_tv(probs: torch.Tensor, n: int, generator: torch.Generator) -> float:
 
 
 def toy_reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
-    """The toy's reward: #a − ½·#c in the completion (a few tied levels, so BoN ties are exercised)."""
-    return torch.tensor([c.count("a") - 0.5 * c.count("c") for c in completions], dtype=torch.float32)
+    """The toy's reward in [-0.5, 1]: (#a − ½·#c) / 3 (tied levels, so BoN ties are exercised)."""
+    return torch.tensor([(c.count("a") - 0.5 * c.count("c")) / 3 for c in completions], dtype=torch.float32)
+
+
+def weighted_empirical(samples, enum: Enumeration) -> torch.Tensor:
+    """The sampler's law over the support: counts, or its importance weights where it returns them."""
+    if samples.log_weights is None:
+        return empirical(samples.token_ids, enum)
+    index = enum.index()
+    q = torch.zeros(len(enum.sequences), dtype=torch.float64)
+    weights = samples.log_weights.double().softmax(0)
+    for seq, w in zip(samples.token_ids, weights.tolist(), strict=True):
+        q[index[tuple(seq)]] += w
+    return q
+
+
+def kl_divergence(p: torch.Tensor, q: torch.Tensor, n: int) -> float:
+    """KL(p ‖ q) with q smoothed by half a count (0.5/n) where it saw nothing, so it stays finite."""
+    q = torch.where(q > 0, q, torch.full_like(q, 0.5 / n))
+    q = q / q.sum()
+    keep = p > 0
+    return float((p[keep] * (p[keep].log() - q[keep].log())).sum())
+
+
+def run_exact(
+    method: str,
+    *,
+    beta: float = 1.0,
+    samples: int = 20_000,
+    seed: int = 0,
+    prompt: str = "ab",
+    overrides: dict[str, str] | None = None,
+) -> dict:
+    """Run a registered method on the toy LM with `toy_reward` and compare to the enumerated target."""
+    from ..config import apply_overrides
+    from ..lm.toy import ToyLM
+    from ..samplers import get_sampler
+    from ..types import Prompts
+
+    lm = ToyLM()
+    sampler, cfg = get_sampler(method)
+    settings = {"max_new_tokens": str(lm.max_new_tokens), "num_samples": str(samples), "beta": str(beta)}
+    cfg = apply_overrides(cfg, {**settings, **(overrides or {})})
+    prompts = Prompts.encode(lm, [prompt])
+    enum = enumerate_completions(lm, prompts.ids[0], cfg.max_new_tokens)
+    rewards = exact_rewards(lm, toy_reward, prompt, enum)
+    target, log_z = tilted(enum.logp, rewards, cfg.beta)
+    out = sampler(lm, toy_reward, prompts, cfg, generator=torch.Generator().manual_seed(seed))
+    q = weighted_empirical(out, enum)
+    return {
+        "method": method,
+        "beta": cfg.beta,
+        "samples": len(out),
+        "tv": round(tv_distance(target, q), 5),
+        "tv_floor": round(iid_tv(target, len(out), torch.Generator().manual_seed(seed)), 5),
+        "kl": round(kl_divergence(target, q, len(out)), 5),
+        "reward": round(float((q * rewards).sum()), 5),
+        "exact_reward": round(float((target * rewards).sum()), 5),
+        "log_z": None if out.log_z is None else round(float(out.log_z[0]), 5),
+        "exact_log_z": round(log_z, 5),
+        "cost": out.cost.as_dict(),
+    }
