@@ -34,6 +34,50 @@ SAMPLERS: dict[str, Method] = {
         needs_reward=True,
         description="best-of-N: N base samples sharing the prompt KV cache, keep the highest reward",
     ),
+    "soft-bon": Method(
+        "dgalign.samplers.soft_bon:sample_soft_bon",
+        "dgalign.samplers.soft_bon:SoftBoNConfig",
+        needs_reward=True,
+        description="soft best-of-N: N base samples, return one drawn by softmax(β·r); tends to p·exp(βr) as N grows",
+    ),
+    "smc": Method(
+        "dgalign.samplers.smc:sample_smc",
+        "dgalign.samplers.smc:SMCConfig",
+        needs_reward=True,
+        description="token-level twisted SMC: particles weighted by β·r of partial text, ESS resampling, log Z",
+    ),
+    "qalign": Method(
+        "dgalign.samplers.qalign:sample_qalign",
+        "dgalign.samplers.qalign:QAlignConfig",
+        needs_reward=True,
+        description="QAlign: Metropolis-Hastings over full answers, proposals resample a random suffix",
+    ),
+    "args": Method(
+        "dgalign.samplers.args:sample_args",
+        "dgalign.samplers.args:ARGSConfig",
+        needs_reward=True,
+        description="ARGS: top-k next tokens rescored by log p + β·r(partial text); greedy or sampled (biased)",
+    ),
+    "langevin": Method(
+        "dgalign.samplers.langevin:sample_langevin",
+        "dgalign.samplers.langevin:LangevinConfig",
+        needs_reward=True,
+        description="COLD/SEA-style Langevin on soft logits of a base answer (fitted surrogate reward), "
+        "LM-guided rounding (biased)",
+    ),
+    "refine": Method(
+        "dgalign.samplers.refine:sample_refine",
+        "dgalign.samplers.refine:RefineConfig",
+        needs_reward=True,
+        description="DiffPO-style refinement: Jacobi span rewrites of a base draft, greedy or MH acceptance",
+    ),
+    "dga": Method(
+        "dgalign.samplers.dga.sampler:sample_dga",
+        "dgalign.samplers.dga.sampler:DGAConfig",
+        needs_reward=True,
+        description="Diffusion-Guided Alignment: reward-guided diffusion over next-token embeddings; "
+        "particles>1 = exact mode",
+    ),
 }
 
 

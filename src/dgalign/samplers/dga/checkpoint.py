@@ -1,0 +1,76 @@
+"""DGA checkpoints: the learned nets (g_φ, r_φ, δ_ψ) as safetensors plus a JSON config.
+
+The JSON names the LM, reward and β they were trained for, the embedding scale, and the
+training config, so a checkpoint is never used silently with another model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ...errors import DGAlignError
+from .denoiser import Correction
+from .proposal import Proposal
+from .value import ValueHead
+
+CONFIG, WEIGHTS = "dga.json", "dga.safetensors"
+
+
+@dataclass
+class DGANets:
+    """The learned parts of DGA for one (LM, reward) pair."""
+
+    emb_dim: int
+    hidden_dim: int
+    correction: Correction
+    value: ValueHead
+    proposal: Proposal
+    meta: dict = field(default_factory=dict)  # model, reward, beta, emb_scale, train config, losses
+
+    @classmethod
+    def fresh(cls, emb_dim: int, hidden_dim: int, width: int = 256, meta: dict | None = None) -> DGANets:
+        return cls(emb_dim, hidden_dim, Correction(emb_dim, hidden_dim, width), ValueHead(emb_dim, hidden_dim, width),
+                   Proposal(emb_dim, hidden_dim, width), dict(meta or {}, width=width))
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"correction": self.correction, "value": self.value, "proposal": self.proposal}
+
+    def save(self, out: str | Path) -> Path:
+        """Write atomically: a temp dir beside `out`, then rename over it."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{name}.{k}": v.detach().contiguous().cpu()
+                   for name, mod in self.modules().items() for k, v in mod.state_dict().items()}
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+        save_file(tensors, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps({"emb_dim": self.emb_dim, "hidden_dim": self.hidden_dim, **self.meta},
+                                             indent=2))
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-old-"))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> DGANets:
+        path = Path(path)
+        if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+            raise DGAlignError(f"{path} is not a DGA checkpoint (needs {CONFIG} and {WEIGHTS}; make one with `dgalign train`)")
+        meta = json.loads((path / CONFIG).read_text())
+        nets = cls.fresh(meta.pop("emb_dim"), meta.pop("hidden_dim"), meta.get("width", 256), meta)
+        tensors = load_file(path / WEIGHTS)
+        for name, mod in nets.modules().items():
+            mod.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            mod.eval()
+        return nets

@@ -1,0 +1,80 @@
+"""The denoiser p_φ(x_{t-1} | x_t) = N(μ_φ, Σ_φ) of DGA §2.2, by x_0-prediction over the vocabulary.
+
+π(v | x_t) ∝ p_θ(v | h) · N(x_t; √ᾱ_t e_v, (1 - ᾱ_t) I) · exp(g_φ(x_t, t, h)_v) over the top-m
+tokens of p_θ, and x̂_0 = Σ_v π_v e_v. With g_φ = 0 this is the exact posterior mean (Tweedie)
+of the noised next-token distribution; g_φ is a small learned correction. μ_φ is the DDPM
+posterior mean given x̂_0 and Σ_φ the DDPM posterior variance (Ho et al. 2020, eq. 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Candidates:
+    """The top-m tokens of p_θ at each row's position, with their log-probs and scaled embeddings."""
+
+    ids: torch.Tensor  # (B, m) token ids
+    logp: torch.Tensor  # (B, m) log p_θ(v | h), renormalised over the top-m
+    emb: torch.Tensor  # (B, m, D) e_v = E_v / scale
+
+
+def candidates(logits: torch.Tensor, emb: torch.Tensor, top_m: int) -> Candidates:
+    """The top-m of next-token `logits` (B, V); `emb` is the scaled embedding matrix (V, D)."""
+    m = min(top_m, logits.shape[-1]) if top_m > 0 else logits.shape[-1]
+    top, ids = torch.topk(logits.float(), m, dim=-1)  # (B, m)
+    return Candidates(ids, top.log_softmax(-1), emb[ids])
+
+
+def posterior_logits(
+    x_t: torch.Tensor, abar: torch.Tensor, cand: Candidates, extra: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log π(v | x_t) (B, m): prior + Gaussian likelihood at per-row noise level ᾱ (B,), + `extra` logits."""
+    a = abar.to(x_t.dtype)[:, None]  # (B, 1)
+    sq = ((x_t[:, None, :] - a.sqrt()[:, :, None] * cand.emb) ** 2).sum(-1)  # (B, m)
+    logits = cand.logp - sq / (2 * (1 - a))
+    if extra is not None:
+        logits = logits + extra
+    return logits.log_softmax(-1)
+
+
+def tweedie(log_pi: torch.Tensor, cand: Candidates) -> torch.Tensor:
+    """x̂_0 = Σ_v π_v e_v, (B, D)."""
+    return torch.einsum("bm,bmd->bd", log_pi.exp(), cand.emb)
+
+
+def ddpm_mean_var(x_t, x0_hat, abar_t, abar_prev):
+    """DDPM posterior q(x_{t-1} | x_t, x̂_0): mean (B, D) and variance (B, 1), per-row ᾱ allowed."""
+    abar_t, abar_prev = abar_t.to(x_t.dtype).view(-1, 1), abar_prev.to(x_t.dtype).view(-1, 1)
+    beta_t = 1 - abar_t / abar_prev
+    c0 = abar_prev.sqrt() * beta_t / (1 - abar_t)
+    ct = (1 - beta_t).sqrt() * (1 - abar_prev) / (1 - abar_t)
+    var = beta_t * (1 - abar_prev) / (1 - abar_t)
+    return c0 * x0_hat + ct * x_t, var
+
+
+def time_features(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
+    """Sinusoidal features of the noise level t ∈ [0, 1], (B,) -> (B, dim)."""
+    freqs = torch.exp(torch.arange(dim // 2, device=t.device) * -(9.0 / (dim // 2)))  # 1 .. e^-9
+    ang = t.float()[:, None] * 1000 * freqs
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+class Correction(nn.Module):
+    """g_φ(x_t, t, h): logits added to π over the candidates, g_v = u(x_t, t, h) · e_v / √D."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(emb_dim + hidden_dim + 16, width), nn.SiLU(), nn.Linear(width, emb_dim)
+        )
+        nn.init.zeros_(self.net[-1].weight)  # starts at g = 0: the exact Tweedie denoiser
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, h: torch.Tensor, cand_emb: torch.Tensor) -> torch.Tensor:
+        u = self.net(torch.cat([x_t, h.float(), time_features(t)], -1))  # (B, D)
+        return torch.einsum("bd,bmd->bm", u, cand_emb) / cand_emb.shape[-1] ** 0.5
