@@ -16,7 +16,6 @@ correction is the paper's algorithm (fast mode). p_θ here is the base truncated
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ from .value import ExactToyValue
 @dataclass
 class DGAConfig(SamplerConfig):
     checkpoint: str = ""  # directory written by `dgalign train`; empty: exact-Tweedie denoiser, `fd` guidance
-    steps: int = 12  # T, reverse diffusion steps per block
+    steps: int = 30  # T, reverse diffusion steps per block (30: fast mode within MC noise of exact on the toy)
     schedule: str = "cosine"  # base noise schedule: cosine | linear
     block: int = 1  # k, tokens per diffusion block (1 = token level; = max_new_tokens: sentence level)
     top_m: int = 64  # candidates per position (the top-m of p_θ); 0 = the whole vocabulary
@@ -138,9 +137,13 @@ def sample_dga(
         """ψ(prefix ⊕ v) for every candidate, (R, m)."""
         if value == "learned":
             return cfg.beta * nets.value.candidates(cand.emb, state.hidden)
-        if value == "exact":  # rows already finished get zeros: their weights no longer change
-            return torch.stack([exact_value([tuple(run.tokens[r]) + (v,) for v in cand.ids[r].tolist()])
-                                if not run.done[r] else torch.zeros(cand.ids.shape[1]) for r in range(rows)]).float()
+        if value == "exact":  # one lookup per distinct prefix; finished rows get zeros (weights frozen)
+            table = torch.stack([
+                torch.zeros(cand.ids.shape[1]) if run.done[r]
+                else exact_value([tuple(run.tokens[r]) + (v,) for v in cand.ids[r].tolist()])
+                for r in group_rows.values()
+            ]).float()
+            return table[groups]
         return None
 
     def reward_of(picks: torch.Tensor) -> torch.Tensor:
@@ -161,12 +164,13 @@ def sample_dga(
 
     for pos in range(cfg.max_new_tokens):
         cand = candidates(state.logits, emb, cfg.top_m)
-        if grad == "fd":  # rows with the same prompt and prefix share their candidates' rewards
+        if grad == "fd" or value == "exact":  # rows with the same prompt and prefix share per-candidate values
             keys: dict[tuple, int] = {}
             groups = torch.tensor([keys.setdefault((int(prompt_of_row[r]), *run.tokens[r]), len(keys))
                                    for r in range(rows)])
-            group_rows = {g: r for r, g in enumerate(groups.tolist())}
-            cand_table = torch.full((len(keys), cand.ids.shape[1]), float("nan"))
+            group_rows = {g: r for r, g in enumerate(groups.tolist())}  # one row of each group, in group order
+            group_rows = dict(sorted(group_rows.items()))
+            cand_table = torch.full((len(keys), cand.ids.shape[1]), float("nan"))  # fd's reward cache
         psi = psi_of(cand)
         x, abar, start = _init(cfg, cand, abars, generator)
         for t in range(start, 0, -1):  # 2.7: T reverse steps

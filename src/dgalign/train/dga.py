@@ -1,0 +1,230 @@
+"""DGA training (§2.6): roll out the base LM, score with the reward, fit φ then ψ.
+
+1. Rollouts: `rollouts` completions per prompt from p_θ, scored by the reward; each is replayed
+   through the LM to record, at every position i, the hidden state h_i at the prefix and the
+   top-m candidates of p_θ(· | prefix) — the (h, x_0 block, t, target) tuples of §2.6.
+2. φ = (g_φ, r_φ): L_φ = ‖μ_φ(x_t) − μ̃(x_t, x_0)‖² + α·(r_φ(x_t, t, h) − r̃)², with t uniform,
+   x_t = √ᾱ_t e_y + √(1−ᾱ_t) z, μ̃ the true DDPM posterior mean and r̃ the standardised reward.
+3. ψ: L_ψ = ‖δ_ψ(x_t, t, h) − ĝ/β‖² (eq. 9), ĝ the analytic guidance from r_φ's candidate values.
+
+Work is saved to `<out>.work/` after every epoch (atomically) so an interrupted run resumes; the
+checkpoint (`DGANets.save`) is written atomically at the end with a loss-curve PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..samplers.ancestral import BaseConfig, sample_base
+from ..samplers.dga.checkpoint import DGANets
+from ..samplers.dga.denoiser import Candidates, ddpm_mean_var, posterior_logits, tweedie
+from ..samplers.dga.kernel import GuideInputs, analytic
+from ..samplers.dga.sampler import embedding_scale
+from ..samplers.dga.schedule import alpha_bars, base_betas
+from ..types import LM, Prompts, Reward
+
+
+@dataclass
+class TrainConfig:
+    rollouts: int = 8  # base completions per training prompt
+    max_new_tokens: int = 32  # rollout length
+    top_m: int = 64  # candidates per position (must match inference)
+    steps: int = 30  # T of the schedule the nets are trained on (inference default)
+    schedule: str = "cosine"  # base noise schedule (inference default)
+    beta: float = 4.0  # β the proposal δ_ψ is fitted for (it scales linearly with β at inference)
+    width: int = 256  # hidden width of the three small nets
+    epochs_phi: int = 8  # passes over the tuples for φ (denoiser correction + value head)
+    epochs_psi: int = 4  # passes for ψ (proposal)
+    batch_size: int = 512  # tuples per optimiser step
+    lr: float = 1e-3  # AdamW learning rate
+    alpha: float = 1.0  # weight of the value loss in L_φ
+    rollout_batch: int = 16  # prompts per rollout batch
+    seed: int = 0  # seeds rollouts, noise and initialisation
+
+    @classmethod
+    def tiny(cls) -> TrainConfig:
+        """A preset that trains in well under 2 minutes on 2 CPU cores (tests, smoke runs)."""
+        return cls(rollouts=4, max_new_tokens=8, epochs_phi=3, epochs_psi=2, width=64, batch_size=256)
+
+
+@dataclass
+class Tuples:
+    """Training tuples, one per (completion, position) whose token is among the top-m."""
+
+    hidden: torch.Tensor  # (N, Dh)
+    cand_ids: torch.Tensor  # (N, m)
+    cand_logp: torch.Tensor  # (N, m)
+    target: torch.Tensor  # (N,) index of the taken token within the candidates
+    reward: torch.Tensor  # (N,) final reward of the completion
+    meta: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generator: torch.Generator) -> Tuples:
+    """Roll out the base LM on every prompt and record the per-position tuples."""
+    hs, ids, lps, tgt, rws = [], [], [], [], []
+    rewards_all = []
+    for start in tqdm(range(0, len(prompts), cfg.rollout_batch), desc="rollouts", unit="batch"):
+        batch = Prompts(prompts.texts[start:start + cfg.rollout_batch], prompts.ids[start:start + cfg.rollout_batch])
+        out = sample_base(lm, reward, batch, BaseConfig(max_new_tokens=cfg.max_new_tokens, num_samples=cfg.rollouts),
+                          generator=generator)
+        rewards_all.append(out.rewards)
+        # replay each completion to record h_i and the top-m of p_θ(· | prefix) at every position
+        state = lm.start([batch.ids[i] for i in out.prompt_index])
+        width = max(len(t) for t in out.token_ids)
+        for pos in range(width):
+            live = [r for r, t in enumerate(out.token_ids) if pos < len(t)]
+            tok = torch.tensor([t[pos] if pos < len(t) else lm.eos_token_ids[0] for t in out.token_ids])
+            top = torch.topk(state.logits.float(), min(cfg.top_m, lm.vocab_size) if cfg.top_m > 0 else lm.vocab_size, dim=-1)
+            hit = top.indices == tok[:, None]  # (R, m)
+            for r in live:
+                if hit[r].any():
+                    hs.append(state.hidden[r].float().cpu())
+                    ids.append(top.indices[r].cpu())
+                    lps.append(top.values[r].log_softmax(-1).cpu())
+                    tgt.append(int(hit[r].nonzero()[0]))
+                    rws.append(float(out.rewards[r]))
+            if pos < width - 1:
+                state = lm.step(state, tok[:, None])
+    all_r = torch.cat(rewards_all)
+    return Tuples(torch.stack(hs), torch.stack(ids), torch.stack(lps), torch.tensor(tgt), torch.tensor(rws),
+                  {"completions": len(all_r), "reward_mean": float(all_r.mean()), "reward_std": float(all_r.std())})
+
+
+def _noised(t: Tuples, idx: torch.Tensor, emb: torch.Tensor, abars: torch.Tensor, gen: torch.Generator):
+    """A minibatch at random noise levels: candidates, x_0 = e_y, t, x_t and ᾱ_t, ᾱ_{t−1}."""
+    cand = Candidates(t.cand_ids[idx], t.cand_logp[idx], emb[t.cand_ids[idx]])
+    x0 = cand.emb[torch.arange(len(idx)), t.target[idx]]  # (B, D)
+    steps = len(abars) - 1
+    ts = torch.randint(1, steps + 1, (len(idx),), generator=gen)
+    a_t, a_prev = abars[ts], abars[ts - 1]
+    x_t = a_t.float().sqrt()[:, None] * x0 + (1 - a_t.float()).sqrt()[:, None] * torch.randn(x0.shape, generator=gen)
+    return cand, x0, ts.float() / steps, x_t, a_t, a_prev
+
+
+def phi_loss(nets: DGANets, t: Tuples, idx, emb, abars, alpha: float, gen) -> tuple[torch.Tensor, dict]:
+    """L_φ = ‖μ_φ − μ̃‖² (per dimension) + α·(r_φ − r̃)² on one minibatch."""
+    cand, x0, t_frac, x_t, a_t, a_prev = _noised(t, idx, emb, abars, gen)
+    h = t.hidden[idx]
+    log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h, cand.emb))
+    mu, _ = ddpm_mean_var(x_t, tweedie(log_pi, cand), a_t, a_prev)
+    mu_true, _ = ddpm_mean_var(x_t, x0, a_t, a_prev)
+    den = ((mu - mu_true) ** 2).mean()
+    r_std = (t.reward[idx] - nets.value.mean) / nets.value.std
+    val = ((nets.value(x_t, t_frac, h) - r_std) ** 2).mean()
+    return den + alpha * val, {"denoiser": float(den.detach()), "value": float(val.detach())}
+
+
+def psi_loss(nets: DGANets, t: Tuples, idx, emb, abars, beta: float, gen) -> torch.Tensor:
+    """L_ψ = ‖δ_ψ − ĝ/β‖² with ĝ the analytic guidance from r_φ's candidate values (eq. 9)."""
+    cand, _, t_frac, x_t, a_t, _ = _noised(t, idx, emb, abars, gen)
+    h = t.hidden[idx]
+    with torch.no_grad():
+        log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h, cand.emb))
+        psi = beta * nets.value.candidates(cand.emb, h)
+        target = analytic(GuideInputs(x_t, a_t, t_frac, cand, log_pi, h, psi, beta)) / beta
+    return ((nets.proposal(x_t, t_frac, h) - target) ** 2).mean()
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: str | Path, cfg: TrainConfig) -> DGANets:
+    """Train φ then ψ for (lm, reward) on `prompts`; resumable from `<out>.work/`; returns the nets."""
+    out = Path(out)
+    work = out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    if (work / "tuples.pt").exists():
+        tuples = Tuples(**torch.load(work / "tuples.pt"))
+    else:
+        tuples = collect(lm, reward, prompts, cfg, gen)
+        _atomic_torch_save(asdict(tuples), work / "tuples.pt")
+    emb = lm.embeddings().detach().float().cpu() / embedding_scale(lm)
+    abars = alpha_bars(base_betas(cfg.schedule, cfg.steps))
+    meta = {"model": lm.name, "reward": reward_name, "beta": cfg.beta, "emb_scale": embedding_scale(lm),
+            "top_m": cfg.top_m, "steps": cfg.steps, "schedule": cfg.schedule, "train": asdict(cfg),
+            "prompts": len(prompts), "tuples": len(tuples.target), **tuples.meta}
+    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], cfg.width, meta)
+    nets.value.mean.fill_(float(tuples.reward.mean()))
+    nets.value.std.fill_(max(float(tuples.reward.std()), 1e-6))
+    phi_params = [*nets.correction.parameters(), *nets.value.parameters()]
+    opt_phi = torch.optim.AdamW(phi_params, lr=cfg.lr)
+    opt_psi = torch.optim.AdamW(nets.proposal.parameters(), lr=cfg.lr)
+    progress = {"epoch": 0, "losses": {"phi": [], "denoiser": [], "value": [], "psi": []}}
+    if (work / "state.pt").exists():  # resume
+        saved = torch.load(work / "state.pt")
+        for name, mod in nets.modules().items():
+            mod.load_state_dict(saved["nets"][name])
+        opt_phi.load_state_dict(saved["opt_phi"])
+        opt_psi.load_state_dict(saved["opt_psi"])
+        progress = saved["progress"]
+        gen.set_state(saved["gen"])
+    n = len(tuples.target)
+    total = cfg.epochs_phi + cfg.epochs_psi
+    bar = tqdm(range(progress["epoch"], total), desc="training φ, ψ", unit="epoch", initial=progress["epoch"],
+               total=total)
+    for epoch in bar:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            if epoch < cfg.epochs_phi:
+                loss, parts = phi_loss(nets, tuples, idx, emb, abars, cfg.alpha, gen)
+                opt_phi.zero_grad()
+                loss.backward()
+                opt_phi.step()
+                progress["losses"]["phi"].append(float(loss))
+                progress["losses"]["denoiser"].append(parts["denoiser"])
+                progress["losses"]["value"].append(parts["value"])
+            else:
+                loss = psi_loss(nets, tuples, idx, emb, abars, cfg.beta, gen)
+                opt_psi.zero_grad()
+                loss.backward()
+                opt_psi.step()
+                progress["losses"]["psi"].append(float(loss))
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        progress["epoch"] = epoch + 1
+        _atomic_torch_save({"nets": {k: m.state_dict() for k, m in nets.modules().items()},
+                            "opt_phi": opt_phi.state_dict(), "opt_psi": opt_psi.state_dict(),
+                            "progress": progress, "gen": gen.get_state()}, work / "state.pt")
+    nets.meta.update(losses={k: v[-1] if v else None for k, v in progress["losses"].items()},
+                     train_seconds=round(time.perf_counter() - started, 1))
+    for mod in nets.modules().values():
+        mod.eval()
+    nets.save(out)
+    plot_losses(progress["losses"], out / "losses.png")
+    (out / "losses.json").write_text(json.dumps(progress["losses"]))
+    shutil.rmtree(work)
+    return nets
+
+
+def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
+    """Loss curves of φ (denoiser, value) and ψ, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, title in zip(axes, ["denoiser", "value", "psi"],
+                              ["L_φ denoiser ‖μ_φ − μ̃‖²", "L_φ value (r_φ − r̃)²", "L_ψ proposal"], strict=True):
+        ax.plot(losses[key])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,187 @@
+"""DGA: the maths of its parts, and the sampler held to the exact target on the toy LM."""
+
+import math
+
+import pytest
+import torch
+
+from dgalign.eval.exact import run_exact, toy_reward
+from dgalign.lm import ToyLM
+from dgalign.samplers.dga.checkpoint import DGANets
+from dgalign.samplers.dga.denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, tweedie
+from dgalign.samplers.dga.schedule import RunningStats, adaptive_beta, alpha_bars, base_betas
+from dgalign.train.dga import TrainConfig, Tuples, phi_loss, psi_loss, train_dga
+from dgalign.types import Prompts
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedules(kind):
+    abar = alpha_bars(base_betas(kind, 20))
+    assert abar.dtype == torch.float64 and abar[0] == 1
+    assert (abar[1:] < abar[:-1]).all() and abar[-1] < 0.05
+
+
+def test_untrained_denoiser_is_the_brute_force_posterior_mean():
+    gen = torch.Generator().manual_seed(0)
+    b, m, d = 5, 7, 6
+    cand = Candidates(torch.arange(m).expand(b, m), torch.randn(b, m, generator=gen).log_softmax(-1),
+                      torch.randn(b, m, d, generator=gen))
+    x_t = torch.randn(b, d, generator=gen)
+    abar = torch.tensor([0.9, 0.5, 0.2, 0.05, 0.7], dtype=torch.float64)
+    ours = tweedie(posterior_logits(x_t, abar, cand), cand)
+    for i in range(b):  # Bayes by hand: p(v) N(x_t; √ᾱ e_v, (1−ᾱ) I), normalised, then E[e_v]
+        a = float(abar[i])
+        lik = torch.distributions.Normal(math.sqrt(a) * cand.emb[i], math.sqrt(1 - a)).log_prob(x_t[i]).sum(-1)
+        post = (cand.logp[i] + lik).softmax(-1)
+        assert torch.allclose(ours[i], post @ cand.emb[i], atol=1e-5)
+
+
+def test_ddpm_posterior_mean_with_true_x0_is_exact():
+    abar = alpha_bars(base_betas("cosine", 10))
+    x0, z = torch.randn(3, 4), torch.randn(3, 4)
+    a_t, a_prev = abar[5].expand(3), abar[4].expand(3)
+    x_t = a_t.float().sqrt()[:, None] * x0 + (1 - a_t.float()).sqrt()[:, None] * z
+    mean, var = ddpm_mean_var(x_t, x0, a_t, a_prev)
+    beta = 1 - a_t / a_prev
+    assert torch.allclose(var.squeeze(), (beta * (1 - a_prev) / (1 - a_t)).float())
+    # Ho et al. eq. 7 against the Gaussian-product form
+    c0 = a_prev.sqrt() * beta / (1 - a_t)
+    ct = (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)
+    assert torch.allclose(mean, c0.float()[:, None] * x0 + ct.float()[:, None] * x_t, atol=1e-6)
+
+
+def test_adaptive_schedule_and_running_stats():
+    stats = RunningStats()
+    data = torch.randn(1000) * 3 + 2
+    for chunk in data.split(100):
+        stats.update(chunk)
+    assert abs(stats.mean - float(data.mean())) < 1e-6
+    z = stats.standardise(data)
+    assert abs(float(z.std()) - 1) < 0.01
+    betas = adaptive_beta(0.1, torch.tensor([-5.0, 0.0, 5.0]), lam=0.5, clip=2.0)
+    assert betas[0] > betas[1] > betas[2] and torch.isclose(betas[1], torch.tensor(0.1, dtype=torch.float64))
+    assert torch.isclose(betas[2], torch.tensor(0.1 * math.exp(-1.0), dtype=torch.float64))  # clipped at 2
+
+
+def _check(res, slack):
+    assert res["tv"] <= res["tv_floor"] + slack, res
+
+
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_exact_mode_matches_target_with_exact_twist(beta):
+    res = run_exact("dga", beta=beta, samples=600, seed=1, overrides={"particles": "64", "value": "exact"})
+    _check(res, 0.03)
+    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
+
+
+def test_fast_mode_with_exact_twist():
+    res = run_exact("dga", beta=4.0, samples=4000, seed=2, overrides={"value": "exact"})
+    _check(res, 0.03)
+    base = run_exact("base", beta=4.0, samples=4000, seed=2)
+    assert base["tv"] > res["tv"] + 0.3  # the guidance is doing the work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_exact_mode_without_twist_corrects_anyway(beta):
+    res = run_exact("dga", beta=beta, samples=2000, seed=3, overrides={"particles": "64", "value": "none"})
+    _check(res, 0.03)
+    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
+
+
+def test_zero_twist_exact_mode_quick():
+    """The default-suite version of the slow test: fewer samples, same claim at a looser floor."""
+    res = run_exact("dga", beta=1.0, samples=300, seed=3, overrides={"particles": "32", "value": "none"})
+    _check(res, 0.04)
+
+
+def _toy_tuples(lm, n_prompts=6, rollouts=32):
+    cfg = TrainConfig.tiny()
+    cfg.max_new_tokens, cfg.top_m, cfg.rollouts = 3, 0, rollouts
+    prompts = Prompts.encode(lm, ["ab", "ca", "b", "aa", "c", "bb"][:n_prompts])
+    return prompts, cfg
+
+
+def test_training_step_lowers_loss_and_changes_every_parameter(tmp_path):
+    lm = ToyLM()
+    prompts, cfg = _toy_tuples(lm)
+    from dgalign.train.dga import collect
+
+    gen = torch.Generator().manual_seed(0)
+    tuples = collect(lm, toy_reward, prompts, cfg, gen)
+    assert isinstance(tuples, Tuples) and len(tuples.target) > 100
+    emb = lm.embeddings() / float(lm.embeddings().pow(2).mean().sqrt())
+    abars = alpha_bars(base_betas(cfg.steps and "cosine", cfg.steps))
+    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], 32)
+    nets.value.mean.fill_(float(tuples.reward.mean()))
+    nets.value.std.fill_(float(tuples.reward.std()))
+    before = {f"{k}.{n}": p.detach().clone() for k, mod in nets.modules().items() for n, p in mod.named_parameters()}
+    idx = torch.arange(len(tuples.target))
+    opt = torch.optim.Adam([p for mod in nets.modules().values() for p in mod.parameters()], lr=1e-2)
+    first = None
+    for _ in range(40):
+        loss = phi_loss(nets, tuples, idx, emb, abars, 1.0, torch.Generator().manual_seed(5))[0]
+        loss = loss + psi_loss(nets, tuples, idx, emb, abars, 4.0, torch.Generator().manual_seed(5))
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    after = {f"{k}.{n}": p for k, mod in nets.modules().items() for n, p in mod.named_parameters()}
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, unchanged
+
+
+def test_train_command_writes_a_checkpoint_that_round_trips_and_helps(tmp_path):
+    lm = ToyLM()
+    prompts, cfg = _toy_tuples(lm, rollouts=64)
+    nets = train_dga(lm, toy_reward, "toy", prompts, tmp_path / "ck", cfg)
+    assert (tmp_path / "ck" / "losses.png").exists() and not (tmp_path / "ck.work").exists()
+    loaded = DGANets.load(tmp_path / "ck")
+    for name, mod in nets.modules().items():
+        for (k, a), (_, b) in zip(mod.state_dict().items(), loaded.modules()[name].state_dict().items(), strict=True):
+            assert torch.equal(a, b), f"{name}.{k}"
+    assert loaded.meta["model"] == "toy" and loaded.meta["beta"] == cfg.beta
+    # the trained value head orders candidates: 'a' (reward +1/3) above 'c' (−1/6) after prompt "ab"
+    state = lm.start(prompts.ids[:1])
+    cand = candidates(state.logits, lm.embeddings() / float(lm.embeddings().pow(2).mean().sqrt()), 0)
+    values = loaded.value.candidates(cand.emb, state.hidden)[0]
+    by_token = dict(zip(cand.ids[0].tolist(), values.tolist(), strict=True))
+    assert by_token[0] > by_token[2]
+    trained = run_exact("dga", beta=4.0, samples=2000, seed=4, overrides={"checkpoint": str(tmp_path / "ck")})
+    base = run_exact("base", beta=4.0, samples=2000, seed=4)
+    assert trained["reward"] > base["reward"] + 0.05
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch):
+    lm = ToyLM()
+    prompts, cfg = _toy_tuples(lm, rollouts=16)
+    import dgalign.train.dga as mod
+
+    calls = {"n": 0}
+    real = mod.psi_loss
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "psi_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_dga(lm, toy_reward, "toy", prompts, tmp_path / "ck", cfg)
+    assert (tmp_path / "ck.work" / "state.pt").exists() and not (tmp_path / "ck").exists()
+    monkeypatch.setattr(mod, "psi_loss", real)
+    nets = train_dga(lm, toy_reward, "toy", prompts, tmp_path / "ck", cfg)
+    assert len(nets.meta) and (tmp_path / "ck" / "dga.json").exists()
+
+
+def test_grad_estimators_run_and_checkpoint_is_required_where_needed(tmp_path):
+    for grad in ["analytic", "perturb", "none"]:
+        res = run_exact("dga", beta=4.0, samples=300, overrides={"value": "exact", "grad": grad})
+        assert 0 <= res["tv"] <= 1
+    res = run_exact("dga", beta=4.0, samples=300, overrides={"value": "exact", "init": "draft",
+                                                             "adaptive_lambda": "0.5"})
+    assert 0 <= res["tv"] <= 1
+    from dgalign.errors import DGAlignError
+
+    with pytest.raises(DGAlignError, match="checkpoint"):
+        run_exact("dga", samples=10, overrides={"grad": "proposal"})
