@@ -57,7 +57,7 @@ def test_generate_human_output(monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "nope"], "unknown method 'nope'; valid: base, bon"),
+        (["--method", "nope"], "unknown method 'nope'; valid: args, base, bon"),
         (["--reward", "nope"], "unknown reward 'nope'; valid:"),
         (["--model", "nope"], "unknown model 'nope'; valid:"),
         (["--reward", "toxicity:,"], "bad reward"),

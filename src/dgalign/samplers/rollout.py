@@ -18,38 +18,45 @@ class Rollout:
     tokens: list[list[int]]
     base_logprobs: torch.Tensor  # (B,) log p_θ(y | prefix), untruncated base model
     proposal_logprobs: torch.Tensor  # (B,) log q(y | prefix) under the filtered proposal
+    token_base_logprobs: torch.Tensor  # (B, T) log p_θ of each drawn token, 0 past the row's end
+    token_proposal_logprobs: torch.Tensor  # (B, T) log q of each drawn token, 0 past the row's end
 
 
 def rollout(
     lm: LM,
     state: DecodeState,
     cfg: SamplerConfig,
-    max_new_tokens: int,
+    max_new_tokens: int | torch.Tensor,
     *,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Rollout:
-    """Sample every row of `state` to EOS; rows that finish leave the batch (their cache rows too)."""
+    """Sample every row of `state` to EOS; rows that finish leave the batch (their cache rows too).
+
+    `max_new_tokens` is one limit for all rows or a (B,) tensor of per-row limits (each >= 1).
+    """
     batch = state.batch_size
+    limit = torch.as_tensor(max_new_tokens).expand(batch)  # (B,)
+    width = int(limit.max())
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    base_lp = torch.zeros(batch)
-    prop_lp = torch.zeros(batch)
+    base_lp = torch.zeros(batch, width)
+    prop_lp = torch.zeros(batch, width)
     rows = torch.arange(batch)  # original row of each live row
     eos = torch.tensor(lm.eos_token_ids)
-    for t in range(max_new_tokens):
+    for t in range(width):
         base, prop = proposal_logprobs(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V) each
         tok = sample_logprobs(prop, generator)  # (b,)
-        base_lp[rows] += gather(base, tok).cpu()
-        prop_lp[rows] += gather(prop, tok).cpu()
+        base_lp[rows, t] = gather(base, tok).cpu()
+        prop_lp[rows, t] = gather(prop, tok).cpu()
         for r, k in zip(rows.tolist(), tok.tolist(), strict=True):
             tokens[r].append(k)
         if callback is not None:
             callback({"step": t, "live": len(rows)})
-        done = torch.isin(tok.cpu(), eos)
-        if t == max_new_tokens - 1 or done.all():
+        done = torch.isin(tok.cpu(), eos) | (limit[rows] <= t + 1)
+        if done.all():
             break
         if done.any():
             keep = (~done).nonzero().squeeze(-1)
             state, tok, rows = lm.select(state, keep), tok[keep.to(tok.device)], rows[keep]
         state = lm.step(state, tok[:, None])
-    return Rollout(tokens, base_lp, prop_lp)
+    return Rollout(tokens, base_lp.sum(-1), prop_lp.sum(-1), base_lp, prop_lp)

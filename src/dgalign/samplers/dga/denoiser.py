@@ -35,11 +35,17 @@ def posterior_logits(
 ) -> torch.Tensor:
     """log π(v | x_t) (B, m): prior + Gaussian likelihood at per-row noise level ᾱ (B,), + `extra` logits."""
     a = abar.to(x_t.dtype)[:, None]  # (B, 1)
-    sq = ((x_t[:, None, :] - a.sqrt()[:, :, None] * cand.emb) ** 2).sum(-1)  # (B, m)
+    sq = sq_dist(x_t, cand, a.sqrt())  # (B, m) ‖x_t − √ᾱ e_v‖²
     logits = cand.logp - sq / (2 * (1 - a))
     if extra is not None:
         logits = logits + extra
     return logits.log_softmax(-1)
+
+
+def sq_dist(x: torch.Tensor, cand: Candidates, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """‖x − s·e_v‖² for every candidate, (B, D) -> (B, m), as ‖x‖² − 2s x·e_v + s²‖e_v‖² (one matmul)."""
+    dot = torch.einsum("bmd,bd->bm", cand.emb, x)
+    return (x * x).sum(-1, keepdim=True) - 2 * scale * dot + scale**2 * (cand.emb * cand.emb).sum(-1)
 
 
 def tweedie(log_pi: torch.Tensor, cand: Candidates) -> torch.Tensor:

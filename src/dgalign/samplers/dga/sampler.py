@@ -28,7 +28,7 @@ from ...smc_math import ess, log_mean_exp, normalise, resample
 from ...types import LM, Prompts, Reward, SamplerConfig, Samples
 from ..common import pack, prefill
 from .checkpoint import DGANets
-from .denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, tweedie
+from .denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, sq_dist, tweedie
 from .kernel import GuideInputs, analytic, finite_difference, perturb, value_gradient
 from .schedule import RunningStats, adaptive_beta, alpha_bars, base_betas
 from .value import ExactToyValue
@@ -113,6 +113,8 @@ def sample_dga(
         raise DGAlignError("block > 1 is not available yet in this build; use block=1")
     meter = Meter(lm)
     nets = DGANets.load(cfg.checkpoint) if cfg.checkpoint else None
+    if nets is not None and nets.meta.get("model") != lm.name:
+        raise DGAlignError(f"checkpoint {cfg.checkpoint} was trained for model {nets.meta.get('model')!r}, not {lm.name!r}")
     exact_value = (
         ExactToyValue(lm, reward, prompts.texts[0], prompts.ids[0], cfg.max_new_tokens, cfg.beta)
         if cfg.value == "exact" and len(prompts) == 1 and lm.name == "toy" else None
@@ -197,7 +199,7 @@ def sample_dga(
         # 2.7 rounding: q(y | x̂_0) ∝ p_θ(y)·exp(−‖x̂_0 − e_y‖²/2τ²) over the top-m
         # mixed with ε·p_θ (defensive importance sampling, Hesterberg 1995) so exact-mode weights stay bounded
         tau2 = cfg.round_tau**2 if cfg.round_tau > 0 else float((1 - abars[1]) / abars[1])
-        log_q_all = (cand.logp - ((x0[:, None, :] - cand.emb) ** 2).sum(-1) / (2 * tau2)).log_softmax(-1)
+        log_q_all = (cand.logp - sq_dist(x0, cand) / (2 * tau2)).log_softmax(-1)
         if mix > 0:
             log_q_all = torch.logaddexp(log_q_all + math.log1p(-mix), cand.logp + math.log(mix))
         pick = sample_logprobs(log_q_all, generator)  # (R,)

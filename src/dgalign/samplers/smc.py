@@ -1,0 +1,160 @@
+"""Token-level sequential Monte Carlo with twists (Zhao et al., ICML 2024; LLaMPPL, Lew et al. 2023).
+
+Target p_r(y | c) ∝ p_θ(y | c)·exp(β r(c, y)). One run holds N particles. At token t every
+unfinished particle draws y_t from the proposal q (the base LM under the shared temperature /
+top-k / top-p) and its log-weight gains
+
+    log p_θ(y_t | y_<t) − log q(y_t | y_<t) + ψ_t − ψ_{t−1}                             (1)
+
+with a twist ψ_t ≈ log E_p[exp(β r) | y_≤t] (ψ_0 = 0). A particle that finishes (EOS or the length
+limit) gains the final correction β r(c, y) − ψ_{t−1} instead and keeps its weight from then on (2).
+A run resamples when ESS < ess_threshold·N (3). Whatever the twist, the weights are proper for p_r
+(restricted to what q can draw), and the product over resampling epochs of the mean weight is an
+unbiased Ẑ of Z = Σ_y p_θ(y)·exp(β r) (Del Moral 2004) (4). Each run returns one particle drawn
+from its final normalised weights (5). All runs of all prompts are one tensor batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..cost import Meter
+from ..errors import DGAlignError
+from ..ops import gather, proposal_logprobs, sample_logprobs
+from ..smc_math import RESAMPLING, ess, log_mean_exp, resample
+from ..types import LM, DecodeState, Prompts, Reward, SamplerConfig, Samples
+from .common import pack, prefill
+
+TWISTS = ("reward", "none")
+
+
+@dataclass
+class SMCConfig(SamplerConfig):
+    particles: int = 16  # particles per run; one run per returned completion
+    ess_threshold: float = 0.5  # resample a run when its ESS falls below this fraction of `particles`
+    twist: str = "reward"  # ψ_t: "reward" = β·r(c, partial text); "none" = 0 (plain particle filter)
+    resampling: str = "systematic"  # "systematic" or "multinomial"
+
+
+def twist(cfg: SMCConfig, meter: Meter, reward: Reward, prompts: list[str], texts: list[str],
+          state: DecodeState) -> torch.Tensor:
+    """ψ_t of unfinished particles, (b,): from their partial texts, or from `state` (their stepped LM rows)."""
+    if cfg.twist == "reward":
+        return cfg.beta * meter.score(reward, prompts, texts)
+    return torch.zeros(len(texts))  # "none"
+
+
+@torch.no_grad()
+def sample_smc(
+    lm: LM,
+    reward: Reward,
+    prompts: Prompts,
+    cfg: SMCConfig,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> Samples:
+    """Twisted SMC; `log_z` is log of the mean over runs of each run's unbiased Ẑ."""
+    if cfg.twist not in TWISTS:
+        raise DGAlignError(f"unknown twist {cfg.twist!r}; valid: {', '.join(TWISTS)}")
+    if cfg.resampling not in RESAMPLING:
+        raise DGAlignError(f"unknown resampling scheme {cfg.resampling!r}; valid: {', '.join(RESAMPLING)}")
+    meter = Meter(lm)
+    runs, n, length = len(prompts) * cfg.num_samples, cfg.particles, cfg.max_new_tokens
+    size = runs * n  # particle b belongs to run b // n, prompt b // (num_samples·n)
+    prompt_of = [prompts.texts[b // (cfg.num_samples * n)] for b in range(size)]
+    offsets = torch.arange(runs)[:, None] * n  # (R, 1) first particle of each run
+    state = prefill(lm, prompts, cfg.num_samples * n)  # rows = alive particles, in particle order
+
+    tokens = torch.zeros(size, length, dtype=torch.long)  # (B, T)
+    lengths = torch.zeros(size, dtype=torch.long)
+    log_w = torch.zeros(size, dtype=torch.float64)  # since the run's last resampling
+    psi = torch.zeros(size, dtype=torch.float64)  # ψ of each particle's current prefix
+    base_lp = torch.zeros(size)  # log p_θ(y | c)
+    rewards = torch.full((size,), float("nan"))  # r(c, y) once finished
+    alive = torch.ones(size, dtype=torch.bool)
+    log_z = torch.zeros(runs, dtype=torch.float64)  # Σ over epochs of log mean weight, per run
+    ess_min = torch.full((runs,), float(n), dtype=torch.float64)
+    resamples = torch.zeros(runs, dtype=torch.long)
+    eos = torch.tensor(lm.eos_token_ids)
+
+    for t in range(length):
+        live = alive.nonzero().squeeze(-1)  # (b,) particle ids, the rows of `state`
+        base, prop = proposal_logprobs(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V) each
+        tok = sample_logprobs(prop, generator)  # (b,)
+        lp_base, lp_prop = gather(base, tok).cpu(), gather(prop, tok).cpu()
+        tok = tok.cpu()
+        tokens[live, t], lengths[live] = tok, t + 1
+        base_lp[live] += lp_base
+        log_w[live] += (lp_base - lp_prop).double()  # (1) proposal correction
+        done = torch.isin(tok, eos) | (t == length - 1)
+        texts = [lm.decode(row) for row in tokens[live, : t + 1].tolist()]
+        prompt_rows = [prompt_of[b] for b in live.tolist()]
+
+        # (2) finished particles: exact terminal value β·r(c, y)
+        if done.any():
+            ends = done.nonzero().squeeze(-1).tolist()
+            r = meter.score(reward, [prompt_rows[i] for i in ends], [texts[i] for i in ends])
+            rewards[live[done]] = r
+            log_w[live[done]] += cfg.beta * r.double() - psi[live[done]]
+            psi[live[done]] = cfg.beta * r.double()
+            alive[live[done]] = False
+        # (1) unfinished particles: advance the LM by their token, then twist
+        if not done.all():
+            keep = (~done).nonzero().squeeze(-1)
+            if done.any():
+                state = lm.select(state, keep.to(lm.device))
+            state = lm.step(state, tok[keep][:, None].to(lm.device))
+            new_psi = twist(cfg, meter, reward, [prompt_rows[i] for i in keep.tolist()],
+                            [texts[i] for i in keep.tolist()], state).double()
+            log_w[live[keep]] += new_psi - psi[live[keep]]
+            psi[live[keep]] = new_psi
+
+        run_ess = ess(log_w.view(runs, n))  # (R,)
+        ess_min = torch.minimum(ess_min, run_ess)
+        if callback is not None:
+            callback({"step": t, "live": int(alive.sum()), "ess": float(run_ess.mean())})
+        if not alive.any():
+            break
+        # (3) resample the runs whose ESS fell below the threshold; (4) bank their mean weight
+        need = run_ess < cfg.ess_threshold * n  # (R,)
+        if need.any():
+            lw = log_w.view(runs, n)
+            log_z[need] += log_mean_exp(lw[need])
+            perm = torch.arange(size).view(runs, n)
+            perm[need] = resample(lw[need], generator, scheme=cfg.resampling) + offsets[need]
+            perm = perm.view(-1)  # (B,) ancestor of each new particle
+            row_of = alive.cumsum(0) - 1  # state row of each alive particle
+            tokens, lengths, psi, base_lp, rewards = tokens[perm], lengths[perm], psi[perm], base_lp[perm], rewards[perm]
+            alive = alive[perm]
+            lw[need] = 0.0
+            log_w = log_w[perm]
+            resamples += need.long()
+            state = lm.select(state, row_of[perm[alive]].to(lm.device))
+
+    # (4) the last epoch's mean weight, (5) one draw per run from its final weights
+    lw = log_w.view(runs, n)
+    log_z += log_mean_exp(lw)
+    final_ess = ess(lw)
+    pick = (resample(lw, generator, num=1) + offsets).squeeze(-1)  # (R,)
+    per_prompt = log_z.view(len(prompts), cfg.num_samples)
+    return pack(
+        lm,
+        meter,
+        [r // cfg.num_samples for r in range(runs)],
+        [row[:m] for row, m in zip(tokens[pick].tolist(), lengths[pick].tolist(), strict=True)],
+        rewards[pick],
+        base_lp[pick],
+        ess=float(final_ess.mean()),
+        log_z=log_mean_exp(per_prompt).float(),
+        extras={
+            "particles": n,
+            "run_log_z": log_z.float(),  # (R,) log Ẑ of each run
+            "run_final_ess": final_ess.float(),  # (R,) ESS of each run's final weights
+            "run_min_ess": ess_min.float(),  # (R,) smallest ESS each run reached
+            "run_resamples": resamples,  # (R,) resampling events per run
+        },
+    )

@@ -1,0 +1,212 @@
+"""The baselines soft-bon, smc, qalign and args held to the exact tilted law of the toy LM.
+
+The default suite runs a few thousand samples per check; the full 20 000-sample versions that the
+acceptance numbers quote are marked slow (`pytest -m slow tests/test_baselines_exact.py -s`).
+"""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from dgalign.cli import main
+from dgalign.eval.exact import run_exact, toy_reward
+from dgalign.samplers import get_sampler
+from dgalign.samplers.args import ARGSConfig, sample_args
+from dgalign.samplers.qalign import QAlignConfig, sample_qalign
+from dgalign.samplers.smc import SMCConfig, sample_smc
+from dgalign.smc_math import ess, log_mean_exp, normalise, resample
+from dgalign.types import Prompts
+
+PROMPT = "ab"
+
+
+def report(res: dict) -> dict:
+    """Print the numbers a run reached (shown with -s) and hand them back."""
+    keys = ("method", "beta", "samples", "tv", "tv_floor", "kl", "log_z", "exact_log_z", "reward", "exact_reward")
+    print(json.dumps({k: res[k] for k in keys}))
+    return res
+
+
+# -- the shared weight maths ---------------------------------------------------------------------
+def test_weights_ess_and_normaliser():
+    log_w = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -math.inf, -math.inf, -math.inf], [1.0, 2.0, 3.0, 4.0]])
+    assert torch.allclose(ess(log_w[:2]), torch.tensor([4.0, 1.0]))
+    w = log_w[2].exp()
+    assert math.isclose(float(ess(log_w[2])), float(w.sum() ** 2 / (w * w).sum()), rel_tol=1e-6)
+    assert torch.allclose(normalise(log_w).exp().sum(-1), torch.ones(3))
+    assert math.isclose(float(log_mean_exp(log_w[2])), math.log(float(w.mean())), rel_tol=1e-6)
+
+
+def test_systematic_resampling_counts_are_floor_or_ceil():
+    gen = torch.Generator().manual_seed(0)
+    log_w = torch.randn(500, 7, generator=gen) * 2  # 500 independent systems of 7 particles
+    index = resample(log_w, gen)  # (500, 7)
+    counts = torch.zeros(500, 7).scatter_add_(1, index, torch.ones(500, 7))
+    expected = normalise(log_w).exp() * 7
+    # systematic resampling gives particle j either floor(N w_j) or ceil(N w_j) copies
+    assert ((counts >= expected.floor() - 1e-9) & (counts <= expected.ceil() + 1e-9)).all()
+
+
+@pytest.mark.parametrize("scheme", ["systematic", "multinomial"])
+def test_single_draw_follows_the_weights(scheme):
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    index = resample(probs.log().expand(40_000, 5), gen, num=1, scheme=scheme).squeeze(-1)
+    freq = torch.bincount(index, minlength=5).float() / 40_000
+    assert (freq - probs).abs().max() < 0.01
+    assert freq[4] == 0  # zero weight is never drawn
+
+
+def test_unknown_resampling_scheme_is_a_clear_error():
+    with pytest.raises(Exception, match="unknown resampling scheme 'stratified'; valid: systematic, multinomial"):
+        resample(torch.zeros(2, 3), scheme="stratified")
+
+
+# -- smc -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_smc_matches_target_and_log_z(beta):
+    res = report(run_exact("smc", beta=beta, samples=2000, overrides={"particles": "64"}))
+    assert res["tv"] <= res["tv_floor"] + 0.03
+    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
+    # the check can fail: the base law is far from the strongly tilted target
+    if beta == 4.0:
+        assert report(run_exact("base", beta=beta, samples=2000))["tv"] > res["tv_floor"] + 0.2
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"twist": "none"},  # a plain particle filter: only the final β·r weight
+        {"temperature": "0.6"},  # a tempered proposal: weights carry log p − log q
+        {"resampling": "multinomial", "ess_threshold": "1.01"},  # resample at every token
+    ],
+)
+def test_smc_variants_stay_exact(overrides):
+    res = report(run_exact("smc", beta=1.0, samples=2000, overrides={"particles": "64", **overrides}))
+    assert res["tv"] <= res["tv_floor"] + 0.03
+    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
+
+
+def test_smc_resamples_and_accounts(toy):
+    prompts = Prompts.encode(toy, [PROMPT, "ca"])
+    cfg = SMCConfig(max_new_tokens=3, num_samples=50, beta=4.0, particles=16)
+    out = sample_smc(toy, toy_reward, prompts, cfg, generator=torch.Generator().manual_seed(0))
+    assert len(out) == 100 and out.prompt_index == [0] * 50 + [1] * 50
+    assert out.log_z.shape == (2,) and out.extras["run_log_z"].shape == (100,)
+    assert (out.extras["run_resamples"] > 0).any()  # β = 4 drives the ESS under N/2
+    assert (out.extras["run_min_ess"] <= out.extras["run_final_ess"] + 1e-6).all()
+    # every particle is scored once per token it continues past and once when it finishes
+    assert 100 * 16 <= out.cost.reward_calls <= 100 * 16 * 3
+    assert torch.allclose(out.rewards, toy_reward(prompts.texts, out.texts))
+    exact_lp = toy.sequence_logprobs([prompts.ids[i] for i in out.prompt_index], out.token_ids)
+    assert torch.allclose(out.base_logprobs, exact_lp, atol=1e-4)
+
+
+def test_smc_unknown_twist(toy):
+    with pytest.raises(Exception, match="unknown twist 'value2'; valid: reward, none"):
+        sample_smc(toy, toy_reward, Prompts.encode(toy, [PROMPT]), SMCConfig(max_new_tokens=3, twist="value2"))
+
+
+# -- qalign --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_qalign_matches_target(beta):
+    res = report(run_exact("qalign", beta=beta, samples=2000, overrides={"steps": "64"}))
+    assert res["tv"] <= res["tv_floor"] + 0.03
+
+
+def test_qalign_tempered_proposal_is_corrected():
+    # with temperature 0.6 the proposal is far from p_θ; the p/q terms keep the chain on p_r
+    res = report(run_exact("qalign", beta=1.0, samples=2000, overrides={"steps": "64", "temperature": "0.6"}))
+    assert res["tv"] <= res["tv_floor"] + 0.03
+    assert report(run_exact("base", beta=1.0, samples=2000, overrides={"temperature": "0.6"}))["tv"] > 0.1
+
+
+def test_qalign_accounting_and_acceptance(toy):
+    prompts = Prompts.encode(toy, [PROMPT])
+    cfg = QAlignConfig(max_new_tokens=3, num_samples=200, beta=4.0, steps=10)
+    out = sample_qalign(toy, toy_reward, prompts, cfg, generator=torch.Generator().manual_seed(0))
+    assert out.cost.reward_calls == 200 * (10 + 1)  # the initial draw, then one proposal per step
+    assert 0.05 < out.extras["acceptance_rate"] < 0.95 and len(out.extras["acceptance_by_step"]) == 10
+    assert torch.allclose(out.rewards, toy_reward(prompts.texts * 200, out.texts))
+    exact_lp = toy.sequence_logprobs(prompts.ids * 200, out.token_ids)
+    assert torch.allclose(out.base_logprobs, exact_lp, atol=1e-4)
+
+
+# -- soft-bon ------------------------------------------------------------------------------------
+def test_soft_bon_approaches_target_as_n_grows():
+    small = report(run_exact("soft-bon", beta=4.0, samples=5000, overrides={"n": "4"}))
+    large = report(run_exact("soft-bon", beta=4.0, samples=5000, overrides={"n": "64"}))
+    assert large["tv"] < small["tv"] - 0.1
+    assert large["tv"] <= large["tv_floor"] + 0.06
+    assert abs(large["log_z"] - large["exact_log_z"]) <= 0.05
+
+
+# -- args ----------------------------------------------------------------------------------------
+def test_args_is_biased():
+    res = report(run_exact("args", beta=4.0, samples=5000, overrides={"mode": "sample"}))
+    assert res["tv"] > res["tv_floor"] + 0.05
+    assert res["reward"] > report(run_exact("base", beta=4.0, samples=5000))["reward"]  # but it does steer
+
+
+def test_args_greedy_and_reward_calls(toy):
+    prompts = Prompts.encode(toy, [PROMPT])
+    cfg = ARGSConfig(max_new_tokens=3, num_samples=20, beta=4.0, top_k=2)
+    out = sample_args(toy, toy_reward, prompts, cfg, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(t) for t in out.token_ids}) == 1  # greedy is deterministic
+    assert out.cost.reward_calls == 2 * sum(out.num_tokens)  # k candidates per token per row
+    assert torch.allclose(out.rewards, toy_reward(prompts.texts * 20, out.texts))
+    # the greedy choice maximises log p + β r(prefix ⊕ v) over the top-2 of p_θ at every step
+    seq: list[int] = []
+    for _ in range(3):
+        logp = toy.start([prompts.ids[0] + seq]).logits[0].log_softmax(-1)
+        top = logp.topk(2).indices.tolist()
+        seq.append(max(top, key=lambda v: float(logp[v]) + 4 * float(toy_reward([PROMPT], [toy.decode(seq + [v])])[0])))
+        if seq[-1] in toy.eos_token_ids:
+            break
+    assert out.token_ids[0] == seq
+
+
+# -- the table and the CLI -----------------------------------------------------------------------
+def test_methods_listed(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["dgalign", "methods", "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
+    methods = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert {"soft-bon", "smc", "qalign", "args"} <= set(methods)
+    assert methods["smc"]["config"]["particles"] == 16 and methods["smc"]["config"]["twist"] == "reward"
+    assert methods["qalign"]["config"]["steps"] == 32
+    assert methods["args"]["config"]["top_k"] == 10 and methods["args"]["config"]["mode"] == "greedy"
+    assert methods["soft-bon"]["config"]["n"] == 8
+    for name in ("soft-bon", "smc", "qalign", "args"):
+        sampler, cfg = get_sampler(name)
+        assert sampler.__name__ == "sample_" + name.replace("-", "_") and cfg.beta == 1.0
+
+
+# -- the full-size acceptance runs (slow) --------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_smc_full(beta):
+    res = report(run_exact("smc", beta=beta, samples=20_000, overrides={"particles": "64"}))
+    assert res["tv"] <= res["tv_floor"] + 0.03
+    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_qalign_full(beta):
+    res = report(run_exact("qalign", beta=beta, samples=20_000, overrides={"steps": "64"}))
+    assert res["tv"] <= res["tv_floor"] + 0.03
+
+
+@pytest.mark.slow
+def test_soft_bon_and_args_full():
+    small = report(run_exact("soft-bon", beta=4.0, samples=20_000, overrides={"n": "4"}))
+    large = report(run_exact("soft-bon", beta=4.0, samples=20_000, overrides={"n": "64"}))
+    assert large["tv"] < small["tv"] - 0.1
+    for mode in ("sample", "greedy"):
+        res = report(run_exact("args", beta=4.0, samples=20_000, overrides={"mode": mode}))
+        assert res["tv"] > res["tv_floor"] + 0.05
