@@ -55,6 +55,9 @@ class LM(Protocol):
     def encode(self, prompts: list[str], *, raw: bool = False) -> list[list[int]]:
         """Token ids of each prompt; the chat template is applied unless `raw` or a base model."""
 
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a whole conversation through the chat template (contents joined without one)."""
+
     def decode(self, ids: list[int]) -> str:
         """Text of completion token ids (special tokens dropped)."""
 

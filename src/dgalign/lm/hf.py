@@ -64,6 +64,15 @@ class HFLM:
             ]
         return [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
 
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a whole conversation ([{"role", "content"}, ...]) ready for the assistant's
+        turn; a model without a chat template gets the contents joined by newlines."""
+        if not self.chat:
+            return self.encode(["\n".join(m["content"] for m in messages)], raw=True)[0]
+        return list(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -120,6 +129,47 @@ class HFLM:
             if c:
                 out[i] = logp[i, width - 1 - len(c) :].sum()
         return out
+
+    def logits_from_embeddings(self, prompt_ids: list[list[int]], embeds: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at T completion positions given as input embeddings, (B, T, V) float32.
+
+        `embeds` (B, T, D) live in the space of `embeddings()` rows (a soft token is a mixture of
+        rows); logits[:, t] predicts completion position t from the prompt and embeds[:, :t].
+        Differentiable: gradients flow to `embeds` (soft-token / Langevin samplers). No KV cache.
+        """
+        ids, mask = self._left_pad(prompt_ids)  # (B, L)
+        lookup = self.model.get_input_embeddings()
+        with torch.no_grad():
+            prompt = lookup(ids)  # (B, L, D): the model's own input for the prompt tokens
+            # the lookup may scale E's rows (Gemma-3 multiplies them by √D): scale soft tokens alike
+            scale = prompt[0, -1].norm() / lookup.weight[ids[0, -1]].norm()
+        width = embeds.shape[1]
+        inputs = torch.cat([prompt, embeds.to(prompt.dtype) * scale], dim=1)  # (B, L + T, D)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], width)], dim=-1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=width + 1
+        )
+        self.forward_tokens += int(mask.numel())
+        return out.logits[:, :-1].float()  # positions L-1 .. L+T-2 predict completion positions 0 .. T-1
+
+    @torch.no_grad()
+    def pooled_hidden(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
+        """Last hidden state mean-pooled over each completion's tokens, read after its prompt, (B, D) float32.
+
+        One forward pass of the decoder without the LM head; an empty completion gives zeros.
+        """
+        rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        ids, mask = self._left_pad(rows)  # (B, L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        decoder = self.model.get_decoder()
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        hidden = hidden.last_hidden_state.float()  # (B, L, D)
+        self.forward_tokens += int(ids.numel())
+        width = ids.shape[1]
+        n = torch.tensor([len(c) for c in completion_ids], device=self.device)  # (B,)
+        keep = (torch.arange(width, device=self.device) >= width - n[:, None]).float()  # (B, L): completion
+        return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

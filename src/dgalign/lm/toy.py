@@ -52,6 +52,10 @@ class ToyLM:
     def encode(self, prompts: list[str], *, raw: bool = False) -> list[list[int]]:
         return [[self.cfg.letters.index(ch) for ch in p if ch in self.cfg.letters] for p in prompts]
 
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """A conversation is its contents joined (the toy has no chat template)."""
+        return self.encode(["".join(m["content"] for m in messages)])[0]
+
     def decode(self, ids: list[int]) -> str:
         return "".join(self.cfg.letters[i] for i in ids if i not in self.eos_token_ids)
 
@@ -84,6 +88,16 @@ class ToyLM:
 
     def select(self, state: DecodeState, index: torch.Tensor) -> DecodeState:
         return self._state(state.hidden[index], state.lengths[index])
+
+    def logits_from_embeddings(self, prompt_ids: list[list[int]], embeds: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at T completion positions fed as embeddings (B, T, D) -> (B, T, V); differentiable."""
+        h = self.start(prompt_ids).hidden  # (B, D)
+        logits = []
+        for t in range(embeds.shape[1]):
+            logits.append(self.cfg.sharpness * (h @ self.w_out.T + self.b_out))  # predicts position t
+            h = torch.tanh(embeds[:, t] @ self.w_in.T + h @ self.w_rec.T + self.bias)
+        self.forward_tokens += embeds.shape[0] * embeds.shape[1]
+        return torch.stack(logits, dim=1)
 
     def sequence_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
         out = torch.zeros(len(prompt_ids))
