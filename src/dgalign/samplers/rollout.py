@@ -51,7 +51,7 @@ def rollout(
         for r, k in zip(rows.tolist(), tok.tolist(), strict=True):
             tokens[r].append(k)
         if callback is not None:
-            callback({"step": t, "live": len(rows)})
+            callback({"step": t, "live": len(rows), "rows": rows, "state": state, "tokens": tok})
         done = torch.isin(tok.cpu(), eos) | (limit[rows] <= t + 1)
         if done.all():
             break

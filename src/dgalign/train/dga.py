@@ -69,31 +69,31 @@ class Tuples:
 
 @torch.no_grad()
 def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generator: torch.Generator) -> Tuples:
-    """Roll out the base LM on every prompt and record the per-position tuples."""
+    """Roll out the base LM on every prompt, recording h_i and the top-m of p_θ(· | prefix) as it decodes."""
     hs, ids, lps, tgt, rws = [], [], [], [], []
     rewards_all = []
+    m = min(cfg.top_m, lm.vocab_size) if cfg.top_m > 0 else lm.vocab_size
     for start in tqdm(range(0, len(prompts), cfg.rollout_batch), desc="rollouts", unit="batch"):
         batch = Prompts(prompts.texts[start:start + cfg.rollout_batch], prompts.ids[start:start + cfg.rollout_batch])
+        seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (row, h, ids, logp, target)
+
+        def record(info: dict, seen=seen) -> None:
+            state, tok = info["state"], info["tokens"]
+            top = torch.topk(state.logits.float(), m, dim=-1)
+            hit = top.indices == tok[:, None]  # (b, m); rows whose token fell outside the top-m are skipped
+            for i in hit.any(-1).nonzero().squeeze(-1).tolist():
+                seen.append((int(info["rows"][i]), state.hidden[i].float().cpu(), top.indices[i].cpu(),
+                             top.values[i].log_softmax(-1).cpu(), int(hit[i].nonzero()[0])))
+
         out = sample_base(lm, reward, batch, BaseConfig(max_new_tokens=cfg.max_new_tokens, num_samples=cfg.rollouts),
-                          generator=generator)
+                          generator=generator, callback=record)
         rewards_all.append(out.rewards)
-        # replay each completion to record h_i and the top-m of p_θ(· | prefix) at every position
-        state = lm.start([batch.ids[i] for i in out.prompt_index])
-        width = max(len(t) for t in out.token_ids)
-        for pos in range(width):
-            live = [r for r, t in enumerate(out.token_ids) if pos < len(t)]
-            tok = torch.tensor([t[pos] if pos < len(t) else lm.eos_token_ids[0] for t in out.token_ids])
-            top = torch.topk(state.logits.float(), min(cfg.top_m, lm.vocab_size) if cfg.top_m > 0 else lm.vocab_size, dim=-1)
-            hit = top.indices == tok[:, None]  # (R, m)
-            for r in live:
-                if hit[r].any():
-                    hs.append(state.hidden[r].float().cpu())
-                    ids.append(top.indices[r].cpu())
-                    lps.append(top.values[r].log_softmax(-1).cpu())
-                    tgt.append(int(hit[r].nonzero()[0]))
-                    rws.append(float(out.rewards[r]))
-            if pos < width - 1:
-                state = lm.step(state, tok[:, None])
+        for row, h, cand, logp, target in seen:
+            hs.append(h)
+            ids.append(cand)
+            lps.append(logp)
+            tgt.append(target)
+            rws.append(float(out.rewards[row]))
     all_r = torch.cat(rewards_all)
     return Tuples(torch.stack(hs), torch.stack(ids), torch.stack(lps), torch.tensor(tgt), torch.tensor(rws),
                   {"completions": len(all_r), "reward_mean": float(all_r.mean()), "reward_std": float(all_r.std())})
