@@ -1,6 +1,7 @@
 """The `dgalign` command line: thin wrappers over the library, imports made lazily.
 
-Commands: generate · exact · models · rewards · methods.
+Commands: generate · exact · models · rewards · methods · serve · train-dpo · train-rm · rm-eval ·
+bench · report.
 """
 
 from __future__ import annotations
@@ -122,8 +123,11 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 def rewards(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the built-in rewards with their ranges (specs combine them: 'toxicity:1,sentiment:0.5')."""
     from .rewards import describe_rewards
+    from .rewards.spec import SPEC_HELP
 
     _table(describe_rewards(), ["name", "range", "description"], as_json)
+    if not as_json:
+        typer.echo(f"\n{SPEC_HELP}")
 
 
 @app.command()
@@ -138,6 +142,45 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     for row in rows:
         typer.echo(f"{row['name']:<10} {row['description']}")
         typer.echo(" " * 11 + ", ".join(f"{k}={v}" for k, v in row["config"].items()))
+
+
+@app.command()
+def train(
+    out: Annotated[str, typer.Option(help="Checkpoint directory to write.")],
+    model: Annotated[str, typer.Option(help="Built-in name, HF id or local path.")] = "smollm2-135m-instruct",
+    reward: Annotated[str, typer.Option(help="Reward spec the nets are trained for.")] = "toxicity",
+    prompts: Annotated[str, typer.Option(help="Suite name (rtp-toxic, imdb-open, ...) or a .txt/.jsonl file.")] = (
+        "rtp-toxic"
+    ),
+    n_prompts: Annotated[int, typer.Option(help="Training prompts (from --skip on).")] = 200,
+    skip: Annotated[int, typer.Option(help="Leave the first N prompts out (held out for evaluation).")] = 0,
+    beta: Annotated[float, typer.Option(help="β the proposal net is fitted for.")] = 4.0,
+    tiny: Annotated[bool, typer.Option(help="Small preset that trains in under 2 minutes (tests, smoke runs).")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="TrainConfig field, key=value.")] = None,
+    raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Skip / force the chat template (default: the suite's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train DGA's denoiser correction, value head and proposal for a model and reward (§2.6)."""
+    from .bench import load_prompts
+    from .config import apply_overrides, parse_sets
+    from .lm import load_lm
+    from .rewards import get_reward
+    from .train.dga import TrainConfig, train_dga
+    from .types import Prompts
+
+    _check(n_prompts >= 1, f"--n-prompts must be at least 1, got {n_prompts}")
+    cfg = TrainConfig.tiny() if tiny else TrainConfig()
+    cfg = apply_overrides(cfg, {"beta": str(beta), "seed": str(seed), **parse_sets(set_ or [])})
+    rows, suite_raw = load_prompts(prompts)
+    rows = rows[skip:skip + n_prompts]
+    _check(len(rows) > 0, f"no prompts left in {prompts!r} after --skip {skip}")
+    reward_fn = get_reward(reward)
+    use_raw = raw if raw is not None else bool(suite_raw)
+    lm = load_lm(model, chat=False if use_raw else None)
+    batch = Prompts.encode(lm, [r["prompt"] for r in rows], raw=use_raw)
+    nets = train_dga(lm, reward_fn, reward, batch, out, cfg)
+    typer.echo(f"wrote {out}: {nets.meta['tuples']} tuples from {len(rows)} prompts, "
+               f"{nets.meta['train_seconds']} s; losses {nets.meta['losses']}")
 
 
 @app.command()
@@ -164,6 +207,216 @@ def exact(
     typer.echo(f"  mean reward          {res['reward']:.4f}   (exact E_p_r[r] = {res['exact_reward']:.4f})")
     log_z = "n/a" if res["log_z"] is None else f"{res['log_z']:.4f}"
     typer.echo(f"  log Z estimate       {log_z}   (exact {res['exact_log_z']:.4f})")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Built-in name (`dgalign models`), HF id or local path.")] = (
+        "smollm2-135m-instruct"
+    ),
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="DGALIGN_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*.")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Prompts per sampler call; 1 turns micro-batching off.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 2048,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 512,
+    max_n: Annotated[int, typer.Option(help="Most choices (n) per prompt.")] = 16,
+    allow_custom_rewards: Annotated[
+        bool, typer.Option(help="Accept MODULE:ATTR and hf: reward specs (imports code a client names).")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API, alignment chosen per request."""
+    import uvicorn
+
+    from .lm import load_lm
+    from .server import Limits, create_app
+
+    _check(1 <= port <= 65535, f"--port must be in 1..65535, got {port}")
+    for name, value in [("--max-batch", max_batch), ("--max-prompt-tokens", max_prompt_tokens),
+                        ("--max-tokens-limit", max_tokens_limit), ("--max-n", max_n)]:
+        _check(value >= 1, f"{name} must be at least 1, got {value}")
+    _check(batch_wait_ms >= 0, f"--batch-wait-ms must be at least 0, got {batch_wait_ms}")
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    lm = load_lm(model, device=device)
+    limits = Limits(max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens_limit, max_n=max_n,
+                    custom_rewards=allow_custom_rewards)
+    server = create_app(lm, limits=limits, max_batch=max_batch, batch_wait_ms=batch_wait_ms, api_key=api_key)
+    typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
+    uvicorn.run(server, host=host, port=port, log_level="warning")
+
+
+@app.command("train-dpo")
+def train_dpo(
+    model: Annotated[str, typer.Option(help="Base model: built-in name, HF id or local path.")],
+    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
+    out: Annotated[str, typer.Option(help="Adapter directory to create (written when training ends).")],
+    max_pairs: Annotated[int | None, typer.Option(help="Training pairs [200].")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training pairs [1].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of the LoRA weights [5e-4].")] = None,
+    beta: Annotated[float | None, typer.Option(help="DPO β [0.1].")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank [8].")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Prompt + answer tokens [256].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Data shuffle / split and LoRA init seed [0].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the partial run beside --out from its last checkpoint.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any other DPOTrainConfig field, key=value (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON.")] = False,
+) -> None:
+    """Fine-tune a LoRA adapter with DPO (the RLHF baseline); run it with --model '<model>+adapter:<out>'."""
+    from .config import apply_overrides, parse_sets
+    from .train.dpo import DPOTrainConfig
+    from .train.dpo import train_dpo as run
+
+    given = {"max_pairs": max_pairs, "epochs": epochs, "lr": lr, "beta": beta, "lora_r": lora_r,
+             "max_length": max_length, "seed": seed}
+    settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])
+    cfg = apply_overrides(DPOTrainConfig(model=model, pairs=pairs, out=out, resume=resume), settings)
+    summary = run(cfg)
+    if as_json:
+        _emit_json(summary)
+        return
+    before, after = summary["eval_before"], summary["eval_after"]
+    typer.echo(f"adapter written to {cfg.out}: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
+               f"final loss {summary['final_loss']:.4f}")
+    typer.echo(f"held-out log p(chosen) - log p(rejected): {before['margin']:+.3f} -> {after['margin']:+.3f} "
+               f"over {summary['data']['eval_pairs']} pairs (DPO loss {before['loss']:.4f} -> {after['loss']:.4f})")
+    typer.echo(f"run it: dgalign generate --model '{cfg.model}+adapter:{cfg.out}' --method base PROMPT")
+
+
+@app.command("train-rm")
+def train_rm(
+    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
+    out: Annotated[str, typer.Option(help="Reward-model directory to create; score with --reward 'learned(path=DIR)'.")],
+    features: Annotated[str | None, typer.Option(help="minilm | lm:<model> | random:<dim> [minilm].")] = None,
+    val_frac: Annotated[float | None, typer.Option(help="Held-out fraction for early stopping [0.1].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most passes over the training pairs [200].")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the head [1e-3].")] = None,
+    max_pairs: Annotated[int | None, typer.Option(help="Use a random subset of this many pairs [all].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Subset, split and initialisation seed [0].")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any other RMConfig field, key=value.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the saved config as JSON.")] = False,
+) -> None:
+    """Train a Bradley-Terry reward model (a head on frozen features) on preference pairs."""
+    from pathlib import Path
+
+    from .config import apply_overrides, parse_sets
+    from .train.reward_model import RMConfig, train_and_save
+
+    given = {"features": features, "val_frac": val_frac, "epochs": epochs, "lr": lr, "max_pairs": max_pairs,
+             "seed": seed}
+    settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])
+    cfg = apply_overrides(RMConfig(), settings)
+    meta = train_and_save(Path(pairs), cfg, Path(out), progress=not as_json)
+    if as_json:
+        _emit_json({k: v for k, v in meta.items() if k != "split"} | {"split": {
+            k: v for k, v in meta["split"].items() if k != "val_rows"}})
+        return
+    typer.echo(f"reward model written to {out}: features {meta['features']}, {meta['split']['n_train']} training "
+               f"pairs, validation accuracy {meta['val_accuracy']:.3f} on {meta['split']['n_val']} held-out pairs "
+               f"(epoch {meta['best_epoch']}), {meta['train_seconds']:.1f} s")
+    typer.echo(f"use it: --reward 'learned(path={out})'")
+
+
+@app.command("rm-eval")
+def rm_eval(
+    reward: Annotated[str, typer.Option(help="Reward spec, e.g. harmless or 'learned(path=DIR)'.")],
+    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
+    split: Annotated[str, typer.Option(help="all pairs, or val: those a learned reward model was not trained on.")] = (
+        "all"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Pairwise accuracy of a reward: the fraction of pairs whose chosen answer scores higher."""
+    from pathlib import Path
+
+    from .rewards import get_reward
+    from .train.reward_model import held_out, pair_accuracy, read_pairs
+
+    _check(split in ("all", "val"), f"--split must be all or val, got {split!r}")
+    reward_fn = get_reward(reward)
+    data = read_pairs(Path(pairs))
+    if split == "val":
+        _check(len(reward_fn.terms) == 1, "--split val needs a single reward-model term, not a weighted sum")
+        data = data.subset(held_out(reward_fn.terms[0][2], Path(pairs)))
+    res = pair_accuracy(reward_fn, data, progress=not as_json)
+    if as_json:
+        _emit_json(res)
+        return
+    typer.echo(f"{reward} on {pairs} ({split}): chosen scored higher on {res['accuracy']:.3f} of {res['n']} pairs")
+
+
+@app.command()
+def bench(
+    suite: Annotated[str, typer.Option(help="Suite (rtp-toxic, imdb-open, hh-harmless, harmbench, truthfulqa, "
+                                            "mt-bench) or a .txt/.jsonl prompts file.")],
+    out: Annotated[str, typer.Option(help="Run directory (<suite>.jsonl rows, <suite>.manifest.json); re-run to resume.")],
+    methods: Annotated[str | None, typer.Option(help="Comma-separated specs name[:key=value...], e.g. "
+                                                     "'base,bon:n=8,dga:checkpoint=DIR'.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Named grid of methods, e.g. ablations (after --methods).")] = None,
+    n_prompts: Annotated[int, typer.Option(help="The suite's first N prompts.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = 32,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one row per (prompt, method, seed).")] = "0",
+    model: Annotated[str, typer.Option(help="Built-in name, HF id, local path or toy.")] = "smollm2-135m-instruct",
+    beta: Annotated[float, typer.Option(help="β of every method unless its spec sets beta=.")] = 4.0,
+    reward: Annotated[str | None, typer.Option(help="Proxy reward spec for guidance (default: the suite's).")] = None,
+    gold: Annotated[list[str] | None, typer.Option(help="Gold reward spec, evaluation only (repeatable; "
+                                                        "default: the suite's).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value for every method whose config has "
+                                                                 "the field, e.g. checkpoint=DIR.")] = None,
+    budget_matched: Annotated[float | None, typer.Option(help="Set each method's knob so LM forward tokens per "
+                                                               "answer ≈ X × base's.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Benchmark data directory (sets $DGALIGN_DATA).")] = None,
+    ppl_model: Annotated[str, typer.Option(help="Perplexity judge model (auto: gemma3-270m if installed, "
+                                                "else the base).")] = "auto",
+    no_ppl: Annotated[bool, typer.Option("--no-ppl", help="Skip perplexity.")] = False,
+    raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Skip / force the chat template "
+                                                                  "(default: the suite's).")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Drop rows that recorded an error and run them again.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Run methods × prompts × seeds over a suite, one JSONL row each (resumable); then `dgalign report`."""
+    import os
+    import time
+
+    from .config import parse_sets
+    from .eval.harness import BenchConfig, read_rows, run_bench
+
+    _check(bool(methods or grid), "give --methods and/or --grid")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise DGAlignError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
+    if data_dir is not None:
+        os.environ["DGALIGN_DATA"] = data_dir
+    cfg = BenchConfig(
+        suite=suite, out=out, methods=[m for m in (methods or "").split(",") if m.strip()], grid=grid or "",
+        n_prompts=n_prompts, max_new_tokens=max_new_tokens, seeds=seed_list, model=model, beta=beta,
+        reward=reward or "", gold=gold, raw=raw, sets=parse_sets(set_ or []), budget_matched=budget_matched or 0.0,
+        ppl_model="" if no_ppl else ppl_model, device=device,
+    )
+    started = time.perf_counter()
+    path = run_bench(cfg, argv=sys.argv, retry_errors=retry_errors)
+    rows = read_rows(path)
+    errors = sum(1 for r in rows if r.get("error"))
+    typer.echo(f"{path}: {len(rows)} rows ({errors} with errors), {time.perf_counter() - started:.1f} s; "
+               f"next: dgalign report {out}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A `dgalign bench --out` directory.")],
+) -> None:
+    """Tables (report.md, summary.json) and plots (plots/*.png) of a bench run."""
+    from .eval.report import write_report
+
+    path = write_report(run_dir)
+    typer.echo(f"wrote {path} and plots beside it")
 
 
 def main() -> None:

@@ -1,0 +1,447 @@
+"""The comparison harness behind `dgalign bench`: methods × prompts × seeds over a suite, one JSONL row each.
+
+A run directory holds, per suite, `<suite>.jsonl` (one row per (prompt, method, seed), appended
+and fsynced as it finishes) and `<suite>.manifest.json` (versions, config, machine; written
+atomically). Running the same command again resumes: rows already present are skipped, and a
+torn last line left by a kill is cut off first, so a killed-and-resumed run holds exactly the
+rows of an uninterrupted one. The settings that give rows their meaning (model, suite, rewards,
+length, β, ...) must match the manifest's; methods, prompts and seeds may be added.
+
+Each row is one sampler call on one prompt (`num_samples` = 1), so its cost is its own and its
+KL estimate is that answer's. An error inside a call (e.g. a knob the sampler rejects) is recorded
+in the row's "error" field and the grid goes on. The random generator of a row is seeded by
+(seed, prompt index) and shared by all methods: common random numbers for paired comparisons.
+
+`budget_matched = X` sets each method's knob (`KNOBS`) so that its LM forward tokens per answer
+are ≈ X × base's, measured: base and the method (knob = 1 and 4) run on the first
+`CALIBRATION_PROMPTS` prompts with seed 0, a line a + b·knob is fitted to the method's forward
+tokens per answer, and knob = round((X·base − a) / b) ≥ 1. Measuring counts what the samplers
+really do (shared prefill, early EOS, rewrites) rather than an analytic model. The result is
+stored in the manifest and reused on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import apply_overrides, parse_sets
+from ..errors import DGAlignError, UnknownNameError
+from ..lm.embedded import DEFAULT_MODEL, MODELS
+from . import metrics
+
+# Named grids for `--grid`: row label -> method spec; "{max_new_tokens}" is filled in.
+GRIDS: dict[str, dict[str, str]] = {
+    # §2.8 ablations: each variant changes one knob of the reference `dga` (token blocks, fixed
+    # schedule, grad=auto — the proposal δ_ψ when a checkpoint is given, `fd` without —, noise init).
+    # Pass the checkpoint with `--set checkpoint=DIR`; grad=value needs one.
+    "ablations": {
+        "base": "base",
+        "dga": "dga",
+        "dga-sentence": "dga:block={max_new_tokens}",
+        "dga-adaptive": "dga:adaptive_lambda=0.5",
+        "dga-grad-value": "dga:grad=value",
+        "dga-grad-none": "dga:grad=none",
+        "dga-draft": "dga:init=draft",
+    },
+}
+
+# The compute knob `--budget-matched` sets, per method; methods not listed keep their settings.
+KNOBS: dict[str, str] = {
+    "bon": "n",
+    "soft-bon": "n",
+    "smc": "particles",
+    "qalign": "steps",
+    "refine": "steps",
+    "langevin": "steps",
+    "dga": "particles",
+}
+CALIBRATION_PROMPTS = 2  # prompts the budget calibration runs on
+CALIBRATION_KNOBS = (1, 4)  # knob values the cost line is fitted through
+
+# Suite row fields holding a reference answer (BLEU, ROUGE-L, BERTScore are computed against it).
+REFERENCE_FIELDS = ("best", "reference")
+JUDGE_MODEL = "gemma3-270m"  # the independent perplexity judge when installed
+
+
+@dataclass
+class BenchConfig:
+    suite: str  # SUITES name, or a .txt / .jsonl prompts file
+    out: str  # run directory: <suite>.jsonl rows and <suite>.manifest.json
+    methods: list[str] = field(default_factory=lambda: ["base"])  # specs name:key=value:...; each is its row label
+    grid: str = ""  # a GRIDS name whose methods run after `methods` ("" = none)
+    n_prompts: int = 40  # the suite's first N prompts
+    max_new_tokens: int = 32  # completion length limit of every method
+    seeds: list[int] = field(default_factory=lambda: [0])  # one row per (prompt, method, seed)
+    model: str = DEFAULT_MODEL  # built-in name, HF id, local path, or "toy"
+    beta: float = 4.0  # β of every method unless its spec sets beta= (4: what `dgalign train` fits for)
+    reward: str = ""  # proxy reward spec, used for guidance; "" = the suite's
+    gold: list[str] | None = None  # gold reward specs, evaluation only; None = the suite's (files: none)
+    raw: bool | None = None  # True: no chat template; None = the suite's (prompt files: chat)
+    sets: dict[str, str] = field(default_factory=dict)  # key=value for every method whose config has the field
+    budget_matched: float = 0.0  # > 0: each method's knob set so LM forward tokens/answer ≈ this × base's
+    ppl_model: str = "auto"  # perplexity judge; "auto" = gemma3-270m if installed, else the base; "" = none
+    device: str | None = None  # cpu, cuda, ...; None = cuda when available
+
+
+# fields that give rows their meaning: a resumed run must agree with the manifest on these
+IDENTITY = ("suite", "model", "max_new_tokens", "beta", "reward", "gold", "raw", "sets", "budget_matched",
+            "ppl_model")
+
+
+@dataclass
+class _Method:
+    label: str
+    name: str  # SAMPLERS key
+    spec: str  # as given (grid specs filled in)
+    cfg: object  # the method's config dataclass, fully resolved
+    sampler: object = None
+
+
+# -- files ----------------------------------------------------------------------------------------
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path, *, repair: bool = False) -> list[dict]:
+    """The complete rows of a JSONL file; a torn last line (no newline) is ignored, or cut off if `repair`."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    rows = []
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DGAlignError(f"{path}:{number} is not a JSON row ({err.msg}); the run file is damaged") from None
+    return rows
+
+
+def _append(f, row: dict) -> None:
+    """One complete line per row, on disk before the next row starts."""
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def suite_label(suite: str) -> str:
+    """The name a suite's files and tables go by: the suite name, or a prompts file's stem."""
+    path = Path(suite).expanduser()
+    return path.stem if path.is_file() else suite
+
+
+# -- methods --------------------------------------------------------------------------------------
+def parse_method(spec: str) -> tuple[str, dict[str, str]]:
+    """'bon:n=8:top_p=0.9' -> ('bon', {'n': '8', 'top_p': '0.9'})."""
+    name, *settings = spec.strip().split(":")
+    if not name:
+        raise DGAlignError(f"empty method name in {spec!r}; a method spec is name[:key=value...], e.g. bon:n=8")
+    return name, parse_sets(settings)
+
+
+def method_specs(cfg: BenchConfig) -> dict[str, str]:
+    """Row label -> method spec: `methods` (label = spec), then the grid's."""
+    specs: dict[str, str] = {}
+    if cfg.grid and cfg.grid not in GRIDS:
+        raise UnknownNameError("grid", cfg.grid, GRIDS)
+    grid = {k: v.format(max_new_tokens=cfg.max_new_tokens) for k, v in GRIDS.get(cfg.grid, {}).items()}
+    for label, spec in [*((m.strip(), m.strip()) for m in cfg.methods), *grid.items()]:
+        if label in specs:
+            raise DGAlignError(f"method {label!r} is listed twice")
+        specs[label] = spec
+    if not specs:
+        raise DGAlignError("no methods: give --methods and/or --grid")
+    return specs
+
+
+def resolve_methods(cfg: BenchConfig) -> list[_Method]:
+    """Every method's config: defaults, then length and β, then `sets` where the field exists, then the spec."""
+    from ..samplers import get_sampler
+
+    out = []
+    used = set()
+    for label, spec in method_specs(cfg).items():
+        name, settings = parse_method(spec)
+        sampler, default = get_sampler(name)
+        fields = {f.name for f in dataclasses.fields(default)}
+        common = {k: v for k, v in cfg.sets.items() if k in fields}
+        used |= common.keys()
+        if cfg.budget_matched and KNOBS.get(name) in settings:
+            raise DGAlignError(f"{spec!r} sets {KNOBS[name]} itself; drop it or drop --budget-matched")
+        base = {"max_new_tokens": str(cfg.max_new_tokens), "beta": str(cfg.beta), "num_samples": "1"}
+        resolved = apply_overrides(default, {**base, **common, **settings})
+        if resolved.num_samples != 1:
+            raise DGAlignError(f"{spec!r}: the harness writes one answer per row; num_samples must stay 1")
+        out.append(_Method(label, name, spec, resolved, sampler))
+    unused = set(cfg.sets) - used
+    if unused:
+        raise DGAlignError(f"--set {', '.join(sorted(unused))}: no listed method has such a setting")
+    return out
+
+
+# -- the manifest ---------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    import transformers
+
+    return {"dgalign": importlib.metadata.version("dgalign"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _machine() -> dict:
+    import psutil
+
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _identity(cfg: BenchConfig) -> dict:
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in IDENTITY}))
+
+
+def _manifest(cfg: BenchConfig, path: Path, argv: list[str] | None) -> dict:
+    """The manifest to write: the existing one (checked against `cfg`) with this invocation added, or a new one."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    invocation = {"started": now, "argv": argv, "methods": cfg.methods, "grid": cfg.grid,
+                  "n_prompts": cfg.n_prompts, "seeds": cfg.seeds}
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        differ = [k for k, v in _identity(cfg).items() if manifest["identity"].get(k) != v]
+        if differ:
+            raise DGAlignError(
+                f"{path.parent} holds a {manifest['identity']['suite']} run with other settings ({', '.join(differ)}: "
+                + "; ".join(f"{manifest['identity'].get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ)
+                + "); resume with the same settings or use another --out"
+            )
+        manifest["invocations"].append(invocation)
+    else:
+        manifest = {"started": now, "identity": _identity(cfg), "invocations": [invocation], "methods": {},
+                    "budget": {}}
+    manifest.update(versions=_versions(), machine=_machine(), config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+                    data_dir=str(_data_dir()), energy_watts_per_core=metrics.WATTS_PER_CORE)
+    return manifest
+
+
+def _data_dir() -> Path:
+    from ..data import data_dir
+
+    return data_dir()
+
+
+def resolve_ppl_model(cfg: BenchConfig) -> str:
+    """The perplexity judge's name: `ppl_model`, or for "auto" gemma3-270m if its wheels are installed, else the base."""
+    if cfg.ppl_model != "auto":
+        return cfg.ppl_model
+    installed = importlib.util.find_spec(MODELS[JUDGE_MODEL].packages[0]) is not None
+    return JUDGE_MODEL if installed else cfg.model
+
+
+# -- one row --------------------------------------------------------------------------------------
+def _scalars(extras: dict) -> dict:
+    return {k: v for k, v in extras.items() if isinstance(v, (bool, int, float, str))}
+
+
+def _generator(seed: int, prompt_index: int, device):
+    from ..ops import make_generator
+
+    return make_generator(seed * 1_000_003 + prompt_index, device)
+
+
+def run_row(ctx: dict, method: _Method, index: int, row: dict, seed: int) -> dict:
+    """Sample one answer and measure it; an exception from the sampler or a metric becomes the row's error."""
+    from ..types import Prompts
+
+    lm, prompt = ctx["lm"], row["prompt"]
+    out = {"suite": ctx["suite"], "prompt_index": index, "method": method.label, "sampler": method.name,
+           "seed": seed, "beta": method.cfg.beta, "config": dataclasses.asdict(method.cfg), "prompt": prompt}
+    try:
+        batch = Prompts.encode(lm, [prompt], raw=ctx["raw"])
+        cpu0 = metrics.cpu_seconds()
+        samples = method.sampler(lm, ctx["proxy"], batch, method.cfg, generator=_generator(seed, index, lm.device))
+        cpu = metrics.cpu_seconds() - cpu0
+        text, n = samples.texts[0], samples.num_tokens[0]
+        base_lp = float(samples.base_logprobs[0])
+        out.update(
+            completion=text,
+            num_tokens=n,
+            proxy=float(samples.rewards[0]),
+            gold={spec: float(fn([prompt], [text])[0]) for spec, fn in ctx["gold"].items()},
+            base_logprob=base_lp,
+            logprob_per_token=base_lp / n if n else None,
+            kl=metrics.kl_to_base(method.name, method.cfg, samples),
+            kl_bound=samples.extras.get("kl_bound"),
+            ppl=(metrics.perplexity(ctx["judge"], prompt if ctx["raw"] else prompt + "\n\n", text)
+                 if ctx["judge"] is not None else None),
+            reference=_reference_scores(row, text),
+            cost={**samples.cost.as_dict(), "generated_tokens": samples.cost.generated_tokens,
+                  "cpu_s": round(cpu, 4), "energy_j": round(metrics.energy_joules(cpu), 2)},
+            extras=_scalars(samples.extras),
+            error=None,
+        )
+    except Exception as err:  # one (prompt, method) failing must not end the grid
+        out["error"] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def _reference_scores(row: dict, text: str) -> dict | None:
+    ref = next((row[k] for k in REFERENCE_FIELDS if row.get(k)), None)
+    if ref is None:
+        return None
+    return {"bleu": metrics.bleu(text, ref), "rouge_l": metrics.rouge_l(text, ref),
+            "bertscore": metrics.bertscore_f1([text], [ref])[0]}
+
+
+def _warm_up(ctx: dict, prompt: str) -> None:
+    """Load what loads lazily (reward models, the LM's first-call set-up) so the first row does not pay for it."""
+    from ..samplers import get_sampler
+    from ..types import Prompts
+
+    for reward in (ctx["proxy"], *ctx["gold"].values()):
+        reward([prompt], ["warm-up"])
+    sampler, cfg = get_sampler("base")
+    lm = ctx["lm"]
+    sampler(lm, None, Prompts.encode(lm, [prompt], raw=ctx["raw"]), dataclasses.replace(cfg, max_new_tokens=2))
+
+
+# -- budget matching ------------------------------------------------------------------------------
+def _forward_tokens_per_answer(ctx: dict, method: _Method, rows: list[dict]) -> float:
+    from ..types import Prompts
+
+    lm, spent = ctx["lm"], 0
+    for i, row in enumerate(rows):
+        batch = Prompts.encode(lm, [row["prompt"]], raw=ctx["raw"])
+        spent += method.sampler(lm, ctx["proxy"], batch, method.cfg, generator=_generator(0, i, lm.device)
+                                ).cost.lm_forward_tokens
+    return spent / len(rows)
+
+
+def calibrate(ctx: dict, methods: list[_Method], rows: list[dict], multiple: float, known: dict) -> dict:
+    """Per label: the knob value that makes LM forward tokens/answer ≈ `multiple` × base's (module docstring).
+
+    Labels already in `known` (a resumed run's manifest) keep their value; only new ones are measured.
+    """
+    from ..samplers import get_sampler
+
+    out = dict(known)
+    if "base_forward_tokens" not in out:
+        sampler, base_cfg = get_sampler("base")
+        base_cfg = dataclasses.replace(base_cfg, max_new_tokens=methods[0].cfg.max_new_tokens, num_samples=1)
+        base = _forward_tokens_per_answer(ctx, _Method("base", "base", "base", base_cfg, sampler), rows)
+        out.update(base_forward_tokens=base, target=multiple * base)
+    for m in methods:
+        knob = KNOBS.get(m.name)
+        if knob is None or m.label in out:
+            continue
+        try:
+            lo, hi = CALIBRATION_KNOBS
+            cost = {k: _forward_tokens_per_answer(ctx, dataclasses.replace(
+                m, cfg=dataclasses.replace(m.cfg, **{knob: k})), rows) for k in (lo, hi)}
+            slope = (cost[hi] - cost[lo]) / (hi - lo)
+            if slope <= 0:
+                raise DGAlignError(f"its forward tokens did not grow with {knob} ({cost})")
+            value = max(1, round((out["target"] - (cost[lo] - slope * lo)) / slope))
+            out[m.label] = {"knob": knob, "value": value, "measured": cost}
+        except Exception as err:  # the rows of this method will record the error; the rest stay matched
+            out[m.label] = {"knob": knob, "error": f"{type(err).__name__}: {err}"}
+    return out
+
+
+# -- the grid -------------------------------------------------------------------------------------
+def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None = None,
+              retry_errors: bool = False) -> Path:
+    """Run (or resume) the grid; returns the rows file."""
+    from tqdm import tqdm
+
+    from ..bench import get_suite, load_prompts
+    from ..lm import load_lm
+    from ..rewards import get_reward
+
+    # everything checkable without a model is checked first
+    if cfg.n_prompts < 1 or cfg.max_new_tokens < 1:
+        raise DGAlignError(f"--n-prompts and --max-new-tokens must be at least 1 (got {cfg.n_prompts}, "
+                           f"{cfg.max_new_tokens})")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise DGAlignError(f"--seeds must list distinct seeds, got {cfg.seeds}")
+    if cfg.budget_matched < 0:
+        raise DGAlignError(f"--budget-matched must be positive, got {cfg.budget_matched}")
+    methods = resolve_methods(cfg)
+    rows, suite_raw = load_prompts(cfg.suite)
+    rows = rows[: cfg.n_prompts]
+    is_file = suite_raw is None
+    if not cfg.reward and is_file:
+        raise DGAlignError(f"{cfg.suite} is a prompts file, not a suite: give --reward")
+    suite = None if is_file else get_suite(cfg.suite)
+    cfg = dataclasses.replace(
+        cfg,
+        reward=cfg.reward or suite.proxy,
+        gold=list(cfg.gold if cfg.gold is not None else (() if is_file else suite.gold)),
+        raw=cfg.raw if cfg.raw is not None else bool(suite_raw),
+        ppl_model=resolve_ppl_model(cfg),
+    )
+    proxy = get_reward(cfg.reward)
+    gold = {spec: get_reward(spec) for spec in cfg.gold}
+
+    out_dir = Path(cfg.out).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = suite_label(cfg.suite)
+    rows_path, manifest_path = out_dir / f"{name}.jsonl", out_dir / f"{name}.manifest.json"
+    manifest = _manifest(cfg, manifest_path, argv)
+    existing = read_rows(rows_path, repair=True)
+    if retry_errors and any(r.get("error") for r in existing):
+        existing = [r for r in existing if not r.get("error")]
+        write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in existing))
+
+    lm = load_lm(cfg.model, device=cfg.device, chat=False if cfg.raw else None)
+    judge = None
+    if cfg.ppl_model:
+        judge = lm if cfg.ppl_model == cfg.model else load_lm(cfg.ppl_model, device=cfg.device, chat=False)
+    ctx = {"suite": name, "lm": lm, "raw": cfg.raw, "proxy": proxy, "gold": gold, "judge": judge}
+
+    if cfg.budget_matched:
+        manifest["budget"] = calibrate(ctx, methods, rows[:CALIBRATION_PROMPTS], cfg.budget_matched,
+                                       manifest["budget"])
+        for i, m in enumerate(methods):
+            entry = manifest["budget"].get(m.label, {})
+            if "value" in entry:
+                methods[i] = dataclasses.replace(m, cfg=dataclasses.replace(m.cfg, **{entry["knob"]: entry["value"]}))
+    manifest["methods"].update({m.label: {"spec": m.spec, "sampler": m.name, "config": dataclasses.asdict(m.cfg)}
+                                for m in methods})
+    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+
+    done = {(r["prompt_index"], r["method"], r["seed"]) for r in existing}
+    grid = [(i, m, s) for i in range(len(rows)) for m in methods for s in cfg.seeds if (i, m.label, s) not in done]
+
+    if grid:
+        _warm_up(ctx, rows[0]["prompt"])
+    total = len(rows) * len(methods) * len(cfg.seeds)
+    with open(rows_path, "a") as f, tqdm(total=total, initial=total - len(grid), desc=f"bench {name}", unit="row",
+                                         file=sys.stderr, disable=not progress or None) as bar:
+        for i, method, seed in grid:
+            bar.set_postfix_str(method.label, refresh=False)
+            _append(f, run_row(ctx, method, i, rows[i], seed))
+            bar.update(1)
+    return rows_path
