@@ -151,6 +151,10 @@ def test_train_command_writes_a_checkpoint_that_round_trips_and_helps(tmp_path):
     trained = run_exact("dga", beta=4.0, samples=2000, seed=4, overrides={"checkpoint": str(tmp_path / "ck")})
     base = run_exact("base", beta=4.0, samples=2000, seed=4)
     assert trained["reward"] > base["reward"] + 0.05
+    # the per-position nets serve blocks too: sentence level reads each position's peeked hidden state
+    sentence = run_exact("dga", beta=4.0, samples=2000, seed=4, overrides={"checkpoint": str(tmp_path / "ck"),
+                                                                           "block": "3"})
+    assert sentence["reward"] > base["reward"] + 0.05
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
@@ -185,3 +189,101 @@ def test_grad_estimators_run_and_checkpoint_is_required_where_needed(tmp_path):
 
     with pytest.raises(DGAlignError, match="checkpoint"):
         run_exact("dga", samples=10, overrides={"grad": "proposal"})
+
+
+# -- blocks of k > 1 tokens (token-vs-sentence ablation) -------------------------------------------
+
+
+def test_peek_matches_stepping_and_leaves_the_state_usable(toy):
+    ids = toy.encode(["ab", "c"])
+    toks = torch.tensor([[0, 2, 1], [1, 1, 3]])
+    state = toy.start(ids)
+    before = toy.forward_tokens
+    logits, hidden = toy.peek(state, toks)
+    assert toy.forward_tokens - before == 6 and logits.shape == (2, 3, toy.vocab_size)
+    after = toy.step(state, toks[:, :2])  # the peeked state still steps as if never peeked
+    ref = toy.start(ids)
+    for j in range(3):
+        ref = toy.step(ref, toks[:, j:j + 1])
+        assert torch.allclose(logits[:, j], ref.logits, atol=1e-6) and torch.allclose(hidden[:, j], ref.hidden)
+        if j == 1:
+            assert torch.allclose(after.logits, ref.logits, atol=1e-6)
+
+
+@pytest.mark.integration
+def test_hf_peek_matches_stepping_and_leaves_the_state_usable():
+    from dgalign.lm import load_lm
+
+    lm = load_lm("smollm2-135m-instruct", device="cpu")
+    ids = lm.encode(["Hi there", "Write a story about cats"])  # different lengths: left padding
+    toks = torch.tensor([[40, 1029, 314], [3100, 28, 253]])
+    state = lm.start(ids)
+    length, before = state.cache.get_seq_length(), lm.forward_tokens
+    logits, hidden = lm.peek(state, toks)
+    assert lm.forward_tokens - before == 6 and logits.shape == (2, 3, lm.vocab_size)
+    assert state.cache.get_seq_length() == length
+    after = lm.step(state, toks)
+    ref = lm.start(ids)
+    for j in range(3):
+        ref = lm.step(ref, toks[:, j:j + 1])
+        assert torch.allclose(logits[:, j], ref.logits, atol=1e-3)
+        assert torch.allclose(hidden[:, j].float(), ref.hidden.float(), atol=1e-3)
+    assert torch.allclose(after.logits, ref.logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("block", [2, 3])
+def test_blocks_run_and_keep_their_books(toy, block):
+    """Block and sentence level (the toy's answers have ≤ 3 tokens): answers end at their first EOS, the
+    reported log p_θ is the true one, and the LM runs on the rounded block at every step."""
+    from dgalign.samplers.dga.sampler import DGAConfig, sample_dga
+
+    prompts = Prompts.encode(toy, ["ab"])
+    cfg = DGAConfig(max_new_tokens=3, num_samples=200, beta=4.0, value="exact", block=block, steps=10)
+    out = sample_dga(toy, toy_reward, prompts, cfg, generator=torch.Generator().manual_seed(0))
+    eos = toy.eos_token_ids[0]
+    assert all(0 < len(t) <= 3 and eos not in t[:-1] for t in out.token_ids)
+    assert any(t[-1] == eos and len(t) < block for t in out.token_ids)  # an EOS inside a block cut the answer
+    true_lp = toy.sequence_logprobs(prompts.ids * len(out), out.token_ids)
+    assert torch.allclose(out.base_logprobs, true_lp, atol=1e-5)
+    # the first block alone peeks k − 1 positions of every row at each of the 10 steps
+    assert out.cost.lm_forward_tokens >= 200 * 10 * (block - 1)
+
+
+def test_exact_mode_sentence_level_matches_target():
+    res = run_exact("dga", beta=4.0, samples=600, seed=1,
+                    overrides={"particles": "64", "value": "exact", "block": "3", "top_m": "0"})
+    _check(res, 0.03)
+    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
+
+
+def test_fast_mode_blocks_raise_reward_over_base():
+    res = run_exact("dga", beta=4.0, samples=1000, seed=2, overrides={"value": "exact", "block": "2"})
+    base = run_exact("base", beta=4.0, samples=1000, seed=2)
+    assert res["reward"] > base["reward"] + 0.3 and res["tv"] < base["tv"] - 0.3
+
+
+def test_block_options_run_and_truncated_exact_blocks_are_refused():
+    from dgalign.errors import DGAlignError
+
+    for extra in [{"init": "draft"}, {"grad": "perturb"}, {"value": "none"}, {"particles": "8", "value": "none",
+                                                                                "top_m": "0"}]:
+        res = run_exact("dga", beta=4.0, samples=100, overrides={"value": "exact", "block": "2", **extra})
+        assert 0 <= res["tv"] <= 1
+    with pytest.raises(DGAlignError, match="top_m=0"):
+        run_exact("dga", samples=10, overrides={"particles": "4", "value": "exact", "block": "2", "top_m": "2"})
+    with pytest.raises(DGAlignError, match="block"):
+        run_exact("dga", samples=10, overrides={"block": "0"})
+
+
+def test_adaptive_schedule_keeps_chains_ending_clean():
+    """λ > 0 modulates the step sizes but every row still reaches ᾱ_1 before rounding: no collapse."""
+    res = run_exact("dga", beta=4.0, samples=600, seed=5, overrides={"value": "exact", "adaptive_lambda": "0.5"})
+    base = run_exact("base", beta=4.0, samples=600, seed=5)
+    assert res["tv"] < 0.3 and res["reward"] > base["reward"] + 0.3
+    abars = alpha_bars(base_betas("cosine", 10))
+    from dgalign.samplers.dga.schedule import adaptive_abar_prev
+
+    a = abars[10].expand(3).clone()
+    for t in range(10, 1, -1):
+        a = adaptive_abar_prev(a, abars, t, torch.tensor([-3.0, 0.0, 3.0]), 0.5, 2.0)
+    assert torch.allclose(a, abars[1].expand(3))

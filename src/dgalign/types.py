@@ -70,6 +70,11 @@ class LM(Protocol):
     def step(self, state: DecodeState, tokens: torch.Tensor) -> DecodeState:
         """Append `tokens` (B, k) to every row, k >= 1; returns the state after the last one."""
 
+    def peek(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run `tokens` (B, k) after the state without committing them: logits (B, k, V) float32 and
+        last hidden states (B, k, D), where [:, j] is at tokens[:, j] (predicting the token after it).
+        The state is left as it was (still usable); the tokens count in `forward_tokens`."""
+
     def select(self, state: DecodeState, index: torch.Tensor) -> DecodeState:
         """Rows `index` (B',) of the state: repeats, reorders or drops rows (BoN, resampling)."""
 

@@ -81,32 +81,46 @@ class HFLM:
 
     # -- decoding ------------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple:
-        """Run `ids` (B, k) after what `cache` holds; the cache is extended in place."""
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: int = 1) -> tuple:
+        """Run `ids` (B, k) after what `cache` holds; the cache is extended in place.
+
+        Returns logits (B, keep, V) float32 and last hidden states (B, keep, D) of the last `keep` positions.
+        """
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
             **{self._cache_kw: cache},
         )
         self.forward_tokens += int(ids.shape[0] * ids.shape[1])
-        return out.logits[:, -1].float(), self._head_input[:, -1], cache
+        return out.logits.float(), self._head_input[:, -keep:], cache
 
     def start(self, prompt_ids: list[list[int]]) -> DecodeState:
         ids, mask = self._left_pad(prompt_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
         logits, hidden, cache = self._forward(ids, mask, positions, DynamicCache())
-        return DecodeState(logits, hidden, cache, mask, mask.sum(-1))
+        return DecodeState(logits[:, -1], hidden[:, -1], cache, mask, mask.sum(-1))
 
-    def step(self, state: DecodeState, tokens: torch.Tensor) -> DecodeState:
+    def _append(self, state: DecodeState, tokens: torch.Tensor, keep: int) -> tuple:
+        """Feed `tokens` (B, k) after the state's cache (extending it in place); logits, hidden, new mask."""
         tokens = tokens.to(self.device)
         batch, k = tokens.shape
         mask = torch.cat([state.mask, state.mask.new_ones(batch, k)], dim=-1)  # (B, L + k)
         positions = state.lengths[:, None] + torch.arange(k, device=self.device)  # (B, k)
-        logits, hidden, cache = self._forward(tokens, mask, positions, state.cache)
-        return DecodeState(logits, hidden, cache, mask, state.lengths + k)
+        logits, hidden, _ = self._forward(tokens, mask, positions, state.cache, keep)
+        return logits, hidden, mask
+
+    def step(self, state: DecodeState, tokens: torch.Tensor) -> DecodeState:
+        logits, hidden, mask = self._append(state, tokens, keep=1)
+        return DecodeState(logits[:, -1], hidden[:, -1], state.cache, mask, state.lengths + tokens.shape[1])
+
+    def peek(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = tokens.shape[1]
+        logits, hidden, _ = self._append(state, tokens, keep=k)
+        state.cache.crop(-k)  # a negative crop drops the last k positions: the state is as it was
+        return logits, hidden
 
     def select(self, state: DecodeState, index: torch.Tensor) -> DecodeState:
         index = index.to(self.device)

@@ -86,6 +86,15 @@ class ToyLM:
         self.forward_tokens += tokens.numel()
         return self._state(h, state.lengths + tokens.shape[1])
 
+    def peek(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, hs = state.hidden, []
+        for j in range(tokens.shape[1]):
+            h = self._cell(h, tokens[:, j])
+            hs.append(h)
+        self.forward_tokens += tokens.numel()
+        hidden = torch.stack(hs, 1)  # (B, k, D)
+        return self.cfg.sharpness * (hidden @ self.w_out.T + self.b_out), hidden
+
     def select(self, state: DecodeState, index: torch.Tensor) -> DecodeState:
         return self._state(state.hidden[index], state.lengths[index])
 

@@ -1,16 +1,19 @@
 """DGA inference (§2.7) and its exact mode: `sample_dga`.
 
-For each block of k next tokens: start x_T from noise (or from a draft of p_θ noised to t_0),
-run T reverse steps of the guided kernel over the top-m candidates, round x̂_0 to tokens with
-the explicit categorical q(y | x̂_0) ∝ p_θ(y)·exp(−‖x̂_0 − e_y‖²/2τ²), append, advance the KV
-cache, repeat. Because q is explicit, each block gets the importance weight
+For each block of k next tokens: start x_T (R·k rows, one per position) from noise (or from a
+draft of p_θ noised to t_0), run T reverse steps of the guided kernel over each position's top-m
+candidates, round x̂_0 to tokens with the explicit categorical q(y | x̂_0) ∝ p_θ(y)·exp(−‖x̂_0 −
+e_y‖²/2τ²), append, advance the KV cache, repeat. For k > 1 every step first peeks the LM on the
+block rounded so far, which gives positions j ≥ 1 their p_θ(· | prefix ⊕ ŷ_<j), hidden state and
+twist. Because q is explicit, each block gets the importance weight
 
     log w = log p_θ(y | prefix) + ψ(prefix ⊕ y) − ψ(prefix) − log q(y | x̂_0)
 
 and with N particles, ESS-triggered resampling and the final correction β·r − ψ(final), the
 returned answers converge to p_θ·exp(β r)/Z whatever ψ's quality (exact mode). A prompt's answers
 are drawn from the pooled particles of all its runs, each weighted by its run's Ẑ. N = 1 without
-correction is the paper's algorithm (fast mode). p_θ here is the base truncated to the top-m.
+correction is the paper's algorithm (fast mode). p_θ here is the base truncated to the top-m
+(k > 1 exact mode insists on the whole vocabulary, top_m = 0).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ..common import pack, prefill
 from .checkpoint import DGANets
 from .denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, sq_dist, tweedie
 from .kernel import GuideInputs, analytic, finite_difference, perturb, value_gradient
-from .schedule import RunningStats, adaptive_beta, alpha_bars, base_betas
+from .schedule import RunningStats, adaptive_abar_prev, alpha_bars, base_betas
 from .value import ExactToyValue
 
 
@@ -50,7 +53,7 @@ class DGAConfig(SamplerConfig):
     adaptive_lambda: float = 0.0  # λ of §2.4: β_t·exp(−λ r̂(x_t)); 0 = fixed schedule
     adaptive_clip: float = 2.0  # clip of the standardised r̂ in §2.4
     round_tau: float = 0.0  # rounding temperature τ; 0 = the final step's noise scale √(1−ᾱ_1)/√ᾱ_1
-    round_mix: float = -1.0  # ε: q = (1−ε)·rounding + ε·p_θ keeps weights ≤ 1/ε; −1 = auto (0 fast, 0.1 exact)
+    round_mix: float = -1.0  # ε: q = (1−ε)·rounding + ε·p_θ keeps weights ≤ 1/ε; −1 = auto (0 fast; exact: 1 − 0.9^k ≤ 0.5)
     particles: int = 1  # N particles per answer; 1 = fast mode, > 1 = exact mode with resampling
     ess_threshold: float = 0.5  # resample a run when ESS < threshold·N
     perturbations: int = 4  # K for the perturb and fd estimators
@@ -108,9 +111,12 @@ def sample_dga(
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Samples:
-    """Diffusion-Guided Alignment; exact mode when `particles` > 1."""
-    if cfg.block != 1:
-        raise DGAlignError("block > 1 is not available yet in this build; use block=1")
+    """Diffusion-Guided Alignment over blocks of `block` tokens; exact mode when `particles` > 1."""
+    if cfg.block < 1:
+        raise DGAlignError(f"block must be at least 1, got {cfg.block}")
+    if cfg.particles > 1 and cfg.block > 1 and 0 < cfg.top_m < lm.vocab_size:
+        raise DGAlignError("exact mode (particles > 1) with block > 1 needs --set top_m=0: a position's top-m "
+                           "depends on the tokens before it, so a truncated proposal can miss target tokens")
     meter = Meter(lm)
     nets = DGANets.load(cfg.checkpoint) if cfg.checkpoint else None
     if nets is not None and nets.meta.get("model") != lm.name:
@@ -125,7 +131,6 @@ def sample_dga(
     abars = alpha_bars(betas)  # (T + 1,)
 
     n_part, answers = cfg.particles, len(prompts) * cfg.num_samples
-    mix = cfg.round_mix if cfg.round_mix >= 0 else (0.1 if n_part > 1 else 0.0)
     rows = answers * n_part
     prompt_of_row = torch.arange(len(prompts)).repeat_interleave(cfg.num_samples * n_part)
     state = prefill(lm, prompts, cfg.num_samples * n_part)
@@ -135,91 +140,144 @@ def sample_dga(
     stats, resamples, ess_trace = RunningStats(), 0, []
     eos = torch.tensor(lm.eos_token_ids)
 
-    def psi_of(cand: Candidates) -> torch.Tensor | None:
-        """ψ(prefix ⊕ v) for every candidate, (R, m)."""
+    def psi_of(cand: Candidates, hid: torch.Tensor, guess: torch.Tensor) -> torch.Tensor | None:
+        """ψ(prefix ⊕ ŷ_<j ⊕ v) for every block position j and candidate v, (R·k, m); ŷ (R, k) the rounded block."""
         if value == "learned":
-            return cfg.beta * nets.value.candidates(cand.emb, state.hidden)
-        if value == "exact":  # one lookup per distinct prefix; finished rows get zeros (weights frozen)
-            table = torch.stack([
-                torch.zeros(cand.ids.shape[1]) if run.done[r]
-                else exact_value([tuple(run.tokens[r]) + (v,) for v in cand.ids[r].tolist()])
-                for r in group_rows.values()
-            ]).float()
-            return table[groups]
+            return cfg.beta * nets.value.candidates(cand.emb, hid)
+        if value == "exact":  # one lookup per distinct (prefix, ŷ_<j); finished rows get zeros (weights frozen)
+            ids = cand.ids.view(rows, guess.shape[1], -1)  # (R, k, m)
+            cols = []
+            for j in range(guess.shape[1]):
+                inverse, rep = _distinct(groups, guess[:, :j])
+                cols.append(torch.stack([
+                    torch.zeros(ids.shape[-1]) if run.done[r]
+                    else exact_value([(*run.tokens[r], *guess[r, :j].tolist(), v) for v in ids[r, j].tolist()])
+                    for r in rep
+                ]).float()[inverse])
+            return torch.stack(cols, 1).flatten(0, 1)
         return None
 
+    def psi_end(tok: torch.Tensor, kept: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """ψ(prefix ⊕ y_block) for a block y (R, k) kept up to its first EOS; `hidden` (R, k−1, Dh) from peeking y."""
+        if value == "learned":  # the head at t = 0 on the last kept token, read at the prefix before it
+            at = torch.arange(rows), (kept.sum(1) - 1).clamp(min=0)
+            h = torch.cat([state.hidden[:, None], hidden], 1)[at]
+            return cfg.beta * nets.value.reward(emb[tok[at]], torch.zeros(rows), h)
+        if value == "exact":
+            inverse, rep = _distinct(groups, tok)
+            return exact_value([(*run.tokens[r], *tok[r].tolist()) for r in rep]).float()[inverse]
+        return torch.zeros(rows)
+
     def reward_of(picks: torch.Tensor) -> torch.Tensor:
-        """Real reward of prefix ⊕ candidate, picks (K, R) candidate indices -> (K, R).
+        """Real reward of prefix ⊕ the block spelled by candidate picks (K, R·k), broadcast to (K, R·k).
 
-        Rows sharing a prompt and prefix share one table row of `m` lazily filled scores, so each
-        distinct text is scored once per position.
+        Rows sharing a prompt and prefix share a cache of scored blocks, so each distinct text is
+        scored once per block.
         """
-        need = torch.unique(groups[None, :] * cand_table.shape[1] + picks).tolist()
-        todo = [i for i in need if math.isnan(cand_table.view(-1)[i])]
+        n_pert, k = picks.shape[0], picks.shape[1] // rows
+        toks = cand.ids.gather(1, picks.T).T.reshape(n_pert, rows, k)
+        keys = torch.cat([groups.expand(n_pert, rows)[..., None], toks], -1).flatten(0, 1)  # (K·R, 1 + k)
+        inverse, rep = _distinct(keys[:, 0], keys[:, 1:])
+        distinct = [tuple(keys[i].tolist()) for i in rep]
+        todo = [(i % rows, key) for i, key in zip(rep, distinct, strict=True) if key not in scored]
         if todo:
-            g_ids, js = [i // cand_table.shape[1] for i in todo], [i % cand_table.shape[1] for i in todo]
-            rep = [group_rows[g] for g in g_ids]  # a row of each group
-            texts = [lm.decode(run.tokens[r] + [int(cand.ids[r, j])]) for r, j in zip(rep, js, strict=True)]
-            scores = meter.score(reward, [prompts.texts[int(prompt_of_row[r])] for r in rep], texts)
-            cand_table.view(-1)[torch.tensor(todo)] = scores
-        return cand_table[groups[None, :].expand_as(picks), picks]
+            texts = [lm.decode(run.tokens[r] + _upto_eos(list(key[1:]), lm.eos_token_ids)) for r, key in todo]
+            scores = meter.score(reward, [prompts.texts[int(prompt_of_row[r])] for r, _ in todo], texts)
+            scored.update(zip([key for _, key in todo], scores.tolist(), strict=True))
+        values = torch.tensor([scored[key] for key in distinct])[inverse].view(n_pert, rows)
+        return values.repeat_interleave(k, 1)
 
-    for pos in range(cfg.max_new_tokens):
-        cand = candidates(state.logits, emb, cfg.top_m)
-        if grad == "fd" or value == "exact":  # rows with the same prompt and prefix share per-candidate values
+    for pos in range(0, cfg.max_new_tokens, cfg.block):
+        k = min(cfg.block, cfg.max_new_tokens - pos)  # this block's length; the last one may be shorter
+        mix = _defensive_mix(cfg, k)
+        flat = rows * k  # the chain runs on every (row, position) pair at once
+        cand0 = candidates(state.logits, emb, cfg.top_m)  # position 0's top-m, (R, m)
+        if grad == "fd" or value == "exact":  # rows with the same prompt and prefix share values and rewards
             keys: dict[tuple, int] = {}
             groups = torch.tensor([keys.setdefault((int(prompt_of_row[r]), *run.tokens[r]), len(keys))
                                    for r in range(rows)])
-            group_rows = {g: r for r, g in enumerate(groups.tolist())}  # one row of each group, in group order
-            group_rows = dict(sorted(group_rows.items()))
-            cand_table = torch.full((len(keys), cand.ids.shape[1]), float("nan"))  # fd's reward cache
-        psi = psi_of(cand)
-        x, abar, start = _init(cfg, cand, abars, generator)
+            scored: dict[tuple, float] = {}  # fd's reward cache for this block
+        noise = torch.randn((flat, emb.shape[1]), generator=generator)  # x_T, or what noises a draft
+        drafted = _draft(lm, state, cand0, emb, cfg.top_m, k, generator) if cfg.init == "draft" else None
+        x, abar, start = _init(cfg, noise, abars, emb, drafted)
+        # ŷ (R, k): the block rounded to tokens, which the LM reads for positions ≥ 1; before the first
+        # step it is the draft, or position 0's likeliest token everywhere (each step refines it, Jacobi-style)
+        guess = drafted if drafted is not None else cand0.ids[:, :1].expand(rows, k)
+        cand, hid, peeked = cand0, state.hidden, None  # (R·k, m) candidates, (R·k, Dh) hidden states
+        psi = psi_of(cand, hid, guess) if k == 1 else None
         for t in range(start, 0, -1):  # 2.7: T reverse steps
-            abar_prev = abars[t - 1].expand(rows).clone() if cfg.adaptive_lambda == 0 else None
-            t_frac = torch.full((rows,), t / cfg.steps)
-            extra = nets.correction(x, t_frac, state.hidden, cand.emb) if nets is not None else None
+            if k > 1:  # 2.2: the LM on the rounded block gives each position j ≥ 1 its p_θ(· | prefix ⊕ ŷ_<j)
+                peeked = (guess[:, :-1], *lm.peek(state, guess[:, :-1]))
+                cand, hid = _block_candidates(cand0, state.hidden, peeked[1], peeked[2], emb, cfg.top_m)
+                psi = psi_of(cand, hid, guess)
+            abar_prev = abars[t - 1].expand(flat).clone() if cfg.adaptive_lambda == 0 else None
+            t_frac = torch.full((flat,), t / cfg.steps)
+            extra = nets.correction(x, t_frac, hid, cand.emb) if nets is not None else None
             log_pi = posterior_logits(x, abar, cand, extra)
             x0 = tweedie(log_pi, cand)
+            if k > 1:  # round x̂_0 to its likeliest candidate: the block the LM reads next step
+                guess = gather(cand.ids, log_pi.argmax(-1)).view(rows, k)
             if abar_prev is None:  # 2.4: adaptive β_t from the standardised predicted reward
-                r_hat = _predicted_reward(nets, psi, log_pi, x, t_frac, state.hidden)
+                r_hat = _predicted_reward(nets, psi, log_pi, x, t_frac, hid)
                 stats.update(r_hat)
-                beta_t = adaptive_beta(float(betas[t - 1]), stats.standardise(r_hat), cfg.adaptive_lambda,
-                                       cfg.adaptive_clip)
-                abar_prev = (abar.double() / (1 - beta_t)).clamp(max=1.0) if t > 1 else torch.ones(rows,
-                                                                                                    dtype=torch.float64)
+                abar_prev = adaptive_abar_prev(abar, abars, t, stats.standardise(r_hat), cfg.adaptive_lambda,
+                                               cfg.adaptive_clip)
             mean, var = ddpm_mean_var(x, x0, abar, abar_prev)  # 2.2: μ_φ, Σ_φ
-            inputs = GuideInputs(x, abar, t_frac, cand, log_pi, state.hidden, psi, cfg.beta)
+            inputs = GuideInputs(x, abar, t_frac, cand, log_pi, hid, psi, cfg.beta)
             ghat = _guide(grad, inputs, nets, cfg, reward_of, generator)  # 2.3: ĝ
             gamma = ((1 - abar / abar_prev) / (abar / abar_prev).sqrt()).float()[:, None]  # β_t/√α_t
             x = mean + cfg.guidance_scale * gamma * ghat
             if t > 1:
                 x = x + var.sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
             abar = abar_prev
-        # 2.7 rounding: q(y | x̂_0) ∝ p_θ(y)·exp(−‖x̂_0 − e_y‖²/2τ²) over the top-m
-        # mixed with ε·p_θ (defensive importance sampling, Hesterberg 1995) so exact-mode weights stay bounded
+        # 2.7 rounding, per position: ρ_j(y | x̂_0,j) ∝ p_θ(y)·exp(−‖x̂_0,j − e_y‖²/2τ²) over its top-m. The block's
+        # proposal is mixed with ε·p_θ (defensive importance sampling, Hesterberg 1995),
+        # q(y_block) = (1−ε)·Π_j ρ_j(y_j) + ε·p_θ(y_block | prefix), so weights stay ≤ e^Δψ/ε for every k
         tau2 = cfg.round_tau**2 if cfg.round_tau > 0 else float((1 - abars[1]) / abars[1])
-        log_q_all = (cand.logp - sq_dist(x0, cand) / (2 * tau2)).log_softmax(-1)
-        if mix > 0:
-            log_q_all = torch.logaddexp(log_q_all + math.log1p(-mix), cand.logp + math.log(mix))
-        pick = sample_logprobs(log_q_all, generator)  # (R,)
-        tok = gather(cand.ids, pick)
+        log_rho = (cand.logp - sq_dist(x0, cand) / (2 * tau2)).log_softmax(-1)  # (R·k, m)
         live = ~run.done
-        tok = torch.where(live, tok, eos[0])
-        # exact-mode weight: log p_θ,m(y) + ψ(prefix ⊕ y) − ψ(prefix) − log q(y | x̂_0)
-        psi_y = gather(psi, pick) if psi is not None else torch.zeros(rows)
-        step_lq, step_lp = gather(log_q_all, pick), gather(cand.logp, pick)
-        run.log_w += torch.where(live, step_lp + psi_y - run.psi_prev - step_lq, 0.0)
+        if k == 1:  # the mixture over one token is one categorical
+            log_q_all = torch.logaddexp(log_rho + math.log1p(-mix), cand.logp + math.log(mix)) if mix > 0 else log_rho
+            pick = sample_logprobs(log_q_all, generator)  # (R,)
+            tok = gather(cand.ids, pick)[:, None]
+        else:  # all positions rounded at once; with probability ε a row takes a block drawn from p_θ instead
+            tok = gather(cand.ids, sample_logprobs(log_rho, generator)).view(rows, k)
+            if mix > 0:
+                from_base = torch.rand(rows, generator=generator) < mix
+                if from_base.any():  # the draft costs k(k−1)/2 peeked tokens per row
+                    tok = torch.where(from_base[:, None], _draft(lm, state, cand0, emb, cfg.top_m, k, generator), tok)
+        tok = torch.where(live[:, None], tok, eos[0])  # (R, k)
+        is_eos = torch.isin(tok, eos).long()
+        kept = live[:, None] & (is_eos.cumsum(1) - is_eos == 0)  # (R, k): the answer ends at a block's first EOS
+        if k == 1:
+            psi_y = gather(psi, pick) if psi is not None else torch.zeros(rows)
+            block_lq, block_lp = gather(log_q_all, pick), gather(cand.logp, pick)
+            block_base = gather(state.logits.float().log_softmax(-1), tok[:, 0])
+        else:  # log p_θ(y_j | prefix ⊕ y_<j) needs the LM on y itself (the chain's last peek, when y is that block)
+            same = torch.equal(peeked[0][live], tok[live, :-1])
+            logits, hidden = peeked[1:] if same else lm.peek(state, tok[:, :-1])
+            base = torch.cat([state.logits[:, None], logits], 1).float().log_softmax(-1)
+            base = base.gather(-1, tok[..., None]).squeeze(-1)  # (R, k)
+            block_base = block_lp = torch.where(kept, base, 0.0).sum(1)  # untruncated: k > 1 exact mode has top_m = 0
+            rho_y = torch.where(cand.ids == tok.view(-1, 1), log_rho, -math.inf).logsumexp(-1).view(rows, k)
+            block_lq = torch.where(kept, rho_y, 0.0).sum(1)
+            if mix > 0:
+                block_lq = torch.logaddexp(block_lq + math.log1p(-mix), block_lp + math.log(mix))
+            psi_y = psi_end(tok, kept, hidden)
+        # exact-mode weight: log p_θ,m(y_block) + ψ(prefix ⊕ y_block) − ψ(prefix) − log q(y_block | x̂_0)
+        run.log_w += torch.where(live, block_lp + psi_y - run.psi_prev - block_lq, 0.0)
         run.psi_prev = torch.where(live, psi_y, run.psi_prev)
-        run.log_q += torch.where(live, step_lq, 0.0)
-        run.trunc_lp += torch.where(live, step_lp, 0.0)
-        run.base_lp += torch.where(live, gather(state.logits.float().log_softmax(-1), tok), 0.0)
+        run.log_q += torch.where(live, block_lq, 0.0)
+        run.trunc_lp += torch.where(live, block_lp, 0.0)
+        run.base_lp += torch.where(live, block_base, 0.0)
+        tok_list, n_kept = tok.tolist(), kept.sum(1).tolist()  # kept is a prefix of each row's block
         for r in live.nonzero().squeeze(-1).tolist():
-            run.tokens[r].append(int(tok[r]))
-        run.done |= torch.isin(tok, eos)
+            run.tokens[r].extend(tok_list[r][: n_kept[r]])
+        run.done |= (kept & (is_eos == 1)).any(1)
         if callback is not None:
-            callback({"step": pos, "live": int((~run.done).sum())})
-        if run.done.all() or pos == cfg.max_new_tokens - 1:
+            for j in range(k):  # one call per token position, as the token-level samplers make
+                callback({"step": pos + j, "live": int((~run.done).sum())})
+        if run.done.all() or pos + k == cfg.max_new_tokens:
             break
         if n_part > 1:  # resample runs whose ESS fell below the threshold
             lw = run.log_w.view(answers, n_part)
@@ -233,7 +291,7 @@ def sample_dga(
                 run.reorder(index)
                 run.log_w = torch.where(low.repeat_interleave(n_part), 0.0, run.log_w)
                 state, tok = lm.select(state, index), tok[index]
-        state = lm.step(state, tok[:, None])
+        state = lm.step(state, tok)  # commit the whole block (tokens after an EOS too: that row is finished)
 
     texts = [lm.decode(t) for t in run.tokens]
     rewards = meter.score(reward, [prompts.texts[i] for i in prompt_of_row.tolist()], texts)
@@ -259,17 +317,72 @@ def sample_dga(
                 run.base_lp[keep], [texts[i] for i in idx], log_z=out_log_z, extras=extras)
 
 
-def _init(cfg: DGAConfig, cand: Candidates, abars: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """x at the first reverse step, its per-row ᾱ, and that step's index (§2.7)."""
-    rows, dim = cand.ids.shape[0], cand.emb.shape[-1]
-    noise = torch.randn((rows, dim), generator=generator)
+def _defensive_mix(cfg: DGAConfig, k: int) -> float:
+    """ε of the block proposal; auto: 0 in fast mode, else 1 − 0.9^k capped at 0.5 — as likely to leave
+    the chain as mixing each token with 0.1 (k = 1: 0.1)."""
+    if cfg.round_mix >= 0:
+        return cfg.round_mix
+    return min(1 - 0.9**k, 0.5) if cfg.particles > 1 else 0.0
+
+
+def _distinct(groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Rows keyed by (group, tokens): each row's index among the distinct keys (N,), and one row of each key.
+
+    `groups` (N,) are dense ids 0..G−1, `tokens` (N, L) ≥ 0. Column by column, (index so far, next
+    token) pairs are renumbered with a 1-D `unique` (far faster than `unique(dim=0)`); indices stay
+    < N, so the pair codes fit int64.
+    """
+    inverse = groups
+    for col in tokens.T:
+        inverse = torch.unique(inverse * (int(col.max()) + 1) + col, return_inverse=True)[1]
+    rep = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_(0, inverse, torch.arange(len(groups)))
+    return inverse, rep.tolist()
+
+
+def _upto_eos(tokens: list[int], eos: list[int]) -> list[int]:
+    """`tokens` up to and including the first EOS."""
+    for i, tok in enumerate(tokens):
+        if tok in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _block_candidates(first: Candidates, hidden0: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor,
+                      emb: torch.Tensor, top_m: int) -> tuple[Candidates, torch.Tensor]:
+    """Candidates and hidden states of every block position, flattened to (R·k, ...).
+
+    Position 0's come from the decode state (`first` (R, m), `hidden0` (R, Dh)); position j ≥ 1's
+    from the LM run on the rounded block, `logits` (R, k−1, V) and `hidden` (R, k−1, Dh) at j − 1.
+    """
+    rows, rest = logits.shape[:2]
+    later = candidates(logits.flatten(0, 1), emb, top_m)
+
+    def join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a[:, None], b.reshape(rows, rest, *b.shape[1:])], 1).flatten(0, 1)
+
+    cand = Candidates(join(first.ids, later.ids), join(first.logp, later.logp), join(first.emb, later.emb))
+    return cand, join(hidden0, hidden.flatten(0, 1))
+
+
+def _draft(lm: LM, state, first: Candidates, emb: torch.Tensor, top_m: int, k: int, generator) -> torch.Tensor:
+    """k tokens drawn one after another from the top-m of p_θ (draft init), (R, k); later positions by `peek`."""
+    drafted = gather(first.ids, sample_logprobs(first.logp, generator))[:, None]
+    while drafted.shape[1] < k:
+        nxt = candidates(lm.peek(state, drafted)[0][:, -1], emb, top_m)
+        drafted = torch.cat([drafted, gather(nxt.ids, sample_logprobs(nxt.logp, generator))[:, None]], 1)
+    return drafted
+
+
+def _init(cfg: DGAConfig, noise: torch.Tensor, abars: torch.Tensor, emb: torch.Tensor,
+          drafted: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """x at the first reverse step (R·k, D), its per-row ᾱ, and that step's index (§2.7)."""
+    flat = noise.shape[0]
     if cfg.init == "noise":
-        return noise, abars[-1].expand(rows).clone(), cfg.steps
-    if cfg.init == "draft":
+        return noise, abars[-1].expand(flat).clone(), cfg.steps
+    if cfg.init == "draft":  # SDEdit: the draft's embeddings noised to step round(t0·T)
         start = max(1, round(cfg.t0 * cfg.steps))
-        draft = cand.emb[torch.arange(rows), sample_logprobs(cand.logp, generator)]  # (R, D) e_y, y ~ p_θ
         a = abars[start].float()
-        return a.sqrt() * draft + (1 - a).sqrt() * noise, abars[start].expand(rows).clone(), start
+        return a.sqrt() * emb[drafted.flatten()] + (1 - a).sqrt() * noise, abars[start].expand(flat).clone(), start
     raise DGAlignError(f"unknown init {cfg.init!r}; valid: noise, draft")
 
 

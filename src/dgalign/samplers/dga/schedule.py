@@ -54,3 +54,19 @@ class RunningStats:
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         std = math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
         return (x - self.mean) / max(std, 1e-6)
+
+
+def adaptive_abar_prev(abar: torch.Tensor, abars: torch.Tensor, t: int, r_std: torch.Tensor, lam: float,
+                       clip: float) -> torch.Tensor:
+    """ᾱ_{t−1} per row under §2.4's β_t·exp(−λ r̂), taken in log-ᾱ so every chain still ends at ᾱ_1.
+
+    The base schedule removes a fraction f_t of the remaining log-ᾱ gap to ᾱ_1 at step t; the
+    adaptive one removes f_t·exp(−λ r̂) of it (clipped to [0, 1]), and all of it at t = 2, so a
+    row never jumps from high noise straight to the clean rounding step.
+    """
+    if t == 1:
+        return torch.ones_like(abar, dtype=torch.float64)
+    log_a, log_end = abar.double().log(), float(abars[1].log())
+    f_base = float((abars[t - 1].log() - abars[t].log()) / (abars[1].log() - abars[t].log()))
+    frac = torch.ones_like(log_a) if t == 2 else adaptive_beta(f_base, r_std, lam, clip).clamp(max=1.0)
+    return (log_a + frac * (log_end - log_a)).exp()

@@ -48,7 +48,7 @@ class ExactToyValue:
 
     def __init__(self, lm, reward, prompt: str, prompt_ids: list[int], max_new_tokens: int, beta: float):
         self.table: dict[tuple[int, ...], float] = {}
-        eos = set(lm.eos_token_ids)
+        self.eos = eos = set(lm.eos_token_ids)
 
         def visit(prefix: tuple[int, ...]) -> float:
             if (prefix and prefix[-1] in eos) or len(prefix) == max_new_tokens:
@@ -63,4 +63,11 @@ class ExactToyValue:
         self.log_z = visit(())
 
     def __call__(self, prefixes: list[tuple[int, ...]]) -> torch.Tensor:
-        return torch.tensor([self.table[p] for p in prefixes])
+        """ψ of each prefix; tokens after its first EOS are ignored (the answer ended there)."""
+        return torch.tensor([self.table[self._cut(p)] for p in prefixes])
+
+    def _cut(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
+        for i, tok in enumerate(prefix):
+            if tok in self.eos:
+                return prefix[: i + 1]
+        return prefix
