@@ -78,6 +78,9 @@ class LM(Protocol):
     def select(self, state: DecodeState, index: torch.Tensor) -> DecodeState:
         """Rows `index` (B',) of the state: repeats, reorders or drops rows (BoN, resampling)."""
 
+    def logits_from_embeddings(self, prompt_ids: list[list[int]], embeds: torch.Tensor) -> torch.Tensor:
+        """Differentiable next-token logits (B, T, V) for soft answer embeddings (B, T, D) after each prompt."""
+
     def sequence_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
         """log p(completion | prompt) under the model, (B,) float32, one forward pass per batch."""
 

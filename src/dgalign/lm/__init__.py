@@ -1,7 +1,8 @@
 """LM backends: the only package that imports transformers.
 
 `load_lm(name_or_path)` accepts a built-in name (`dgalign models`), `toy`, a local model
-directory or `.gguf` file, or any Hugging Face model id.
+directory or `.gguf` file, or any Hugging Face model id; `<model>+adapter:<dir>` adds a LoRA
+adapter (`dgalign train-dpo`), merged into the weights.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def load_lm(
     dtype: torch.dtype = torch.float32,
     chat: bool | None = None,  # apply the chat template; None: instruct models do
 ):
-    """Load an LM by built-in name, local path or Hugging Face id."""
+    """Load an LM by built-in name, local path or Hugging Face id, optionally `+adapter:<dir>`."""
     if name_or_path == "toy":
         return ToyLM(ToyConfig())
+    full_name = name_or_path
+    name_or_path, with_adapter, adapter = name_or_path.partition("+adapter:")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hf import HFLM
@@ -60,4 +63,18 @@ def load_lm(
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=dtype).to(device)
     except OSError as err:
         raise DGAlignError(f"could not load model {name_or_path!r}: {str(err).splitlines()[0]}") from err
-    return HFLM(model, tokenizer, name=name_or_path, chat=chat)
+    if with_adapter:
+        model = _merge_adapter(model, adapter)
+    return HFLM(model, tokenizer, name=full_name, chat=chat)
+
+
+def _merge_adapter(model, adapter: str):
+    """The model with a LoRA adapter directory merged into its weights (peft's merge_and_unload)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise DGAlignError("loading an adapter needs peft: pip install 'dgalign[dpo]'") from None
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise DGAlignError(f"no LoRA adapter at {path} (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, path).merge_and_unload()

@@ -1,1 +1,1 @@
-"""Training: the DPO baseline (`dpo.py`); imported by module, never eagerly (heavy optional deps)."""
+"""Trainers, one file each (`dga.py`, `reward_model.py`, `dpo.py`); imported by module, never eagerly."""
