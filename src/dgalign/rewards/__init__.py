@@ -52,6 +52,38 @@ REWARDS = {
         "[0, 1]",
         "fraction of format checks passed: ends a sentence, no repeated line, no template tokens, clean start",
     ),
+    "harmless": RewardInfo(
+        "dgalign.rewards.learned:Harmless",
+        "(-inf, inf)",
+        "Bradley-Terry reward model of HH-RLHF harmlessness (MLP on MiniLM features); trained once on demand",
+    ),
+    "learned": RewardInfo(
+        "dgalign.rewards.learned:LearnedReward",
+        "(-inf, inf)",
+        "a reward model from `dgalign train-rm`: learned(path=DIR)",
+    ),
+    "judge": RewardInfo(
+        "dgalign.rewards.judge:Judge",
+        "(-inf, inf)",
+        "log P(Yes) - log P(No) of a local LM judge asked if the answer is helpful and correct; "
+        "judge(model=...), default smollm2-135m-instruct",
+    ),
+    "truthfulness": RewardInfo(
+        "dgalign.rewards.truthfulness:Truthfulness",
+        "[-2, 2]",
+        "TruthfulQA: MiniLM cosine to the nearest correct reference minus to the nearest incorrect one; "
+        "the prompt must be a question of the CSV (truthfulness(data=PATH) for your own)",
+    ),
+    "formality": RewardInfo(
+        "dgalign.rewards.style:Formality",
+        "[0, 1]",
+        "objectivity 1 - TextBlob subjectivity: 1 for neutral factual wording, toward 0 for opinion words",
+    ),
+    "persona": RewardInfo(
+        "dgalign.rewards.style:Persona",
+        "[-1, 1]",
+        "MiniLM cosine similarity of the answer to a persona: persona(description='a cheerful pirate')",
+    ),
 }
 
 # spec.py reads REWARDS, so it is imported once the table exists

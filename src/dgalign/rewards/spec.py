@@ -10,22 +10,37 @@
 A trailing ":" or "@" followed by a number is always the weight; after ":" anything that is not a
 number is an attribute (or, after "hf:", a model), so "mypkg:score" and "toxicity:2" cannot be
 confused. Parameters go to the reward class's constructor ("hf:org/rm(batch_size=4)" too); each
-VALUE is a Python literal (20, 0.5, True, 'text') or else a bare word taken as a string.
+VALUE is a Python literal (20, 0.5, True, 'text, commas too') or else a bare word taken as a string.
+
+One parameter belongs to the spec, not to the reward, and any term takes it: `standardize=true`
+z-scores the term, (r − μ) / σ, with μ, σ its mean and std on a built-in calibration set of 100
+answers (`standardize=FILE` for a JSONL of {"prompt", "completion"}), computed once and cached
+(dgalign.rewards.standardize), so terms on different scales can be weighted fairly:
+"toxicity(standardize=true):1,harmless(standardize=true):0.5".
 """
 
 import ast
 import importlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from dgalign.errors import DGAlignError, RewardError, UnknownNameError
 from dgalign.rewards import REWARDS
+from dgalign.rewards.standardize import Standardized
 from dgalign.types import Reward
 
 SYNTAX = (
     "TERM[,TERM...] with TERM = NAME[(KEY=VALUE,...)][:WEIGHT], MODULE:ATTR[@WEIGHT] or hf:MODEL[@WEIGHT]"
+)
+# printed under `dgalign rewards`
+SPEC_HELP = (
+    "Combine rewards as a weighted sum: 'toxicity:1,sentiment:0.5'. Any term takes standardize=true, "
+    "e.g. 'toxicity(standardize=true):1,harmless(standardize=true):1': it is z-scored, (r - mean) / std, "
+    "with statistics of that reward on a built-in calibration set of 100 answers (or standardize=FILE.jsonl "
+    "of {\"prompt\", \"completion\"}), computed once and cached."
 )
 HF_FACTORY = "dgalign.rewards.hf:HFRewardModel"
 
@@ -33,6 +48,7 @@ _WEIGHT = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _TERM = re.compile(rf"(?P<source>[^()]*?)(?:\((?P<params>[^()]*)\))?(?:[:@](?P<weight>{_WEIGHT}))?")
 _TERM_SEP = re.compile(r",(?![^()]*\))")  # commas outside parentheses
 _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_PARAM_SEP = re.compile(r""",(?=(?:[^'"]|'[^']*'|"[^"]*")*$)""")  # commas outside quoted values
 
 
 @dataclass
@@ -117,7 +133,15 @@ def _term(text: str) -> tuple[str, float, Reward]:
     name, w = text, 1.0
     if weight is not None:
         name, w = text[: match.start("weight") - 1].strip(), float(weight)
-    return name, w, _build(text, source, _params(text, match["params"]))
+    params = _params(text, match["params"])
+    standardize = params.pop("standardize", False)
+    reward = _build(text, source, params)
+    if standardize in (False, "false"):
+        return name, w, reward
+    # the cache key of the statistics: the term without its weight and without this option
+    key = source + (f"({','.join(f'{k}={v!r}' for k, v in sorted(params.items()))})" if params else "")
+    calibration = None if standardize in (True, "true") else Path(str(standardize)).expanduser()
+    return name, w, Standardized(reward, key, calibration)
 
 
 def _build(term: str, source: str, params: dict) -> Reward:
@@ -175,7 +199,7 @@ def _params(term: str, params: str | None) -> dict:
     if params is None or not params.strip():
         return {}
     kwargs = {}
-    for item in params.split(","):
+    for item in _PARAM_SEP.split(params):
         key, eq, value = (part.strip() for part in item.partition("="))
         if not (eq and key.isidentifier() and value):
             raise _malformed(term, f"parameters are KEY=VALUE, got {item.strip()!r}")

@@ -1,0 +1,221 @@
+"""Learned reward models: a small head on frozen text features, trained on preference pairs.
+
+r(c, y) = head(φ(c, y)), where φ is frozen and one of (`get_features`):
+
+    minilm         [a, q ⊙ a]: a = MiniLM embedding of the answer y, q = of the prompt's last user turn
+    lm:<model>     the LM's last hidden state, mean-pooled over the answer's tokens read after the prompt
+    random:<dim>   hashed bag of words: the mean of a fixed N(0, I) vector per lower-cased word of y
+
+The head (linear or a one-hidden-layer MLP) first standardises φ with statistics of its training
+features. `dgalign train-rm` trains one (dgalign.train.reward_model) and saves it as a directory
+`model.safetensors` + `config.json`; the reward spec `learned(path=DIR)` scores with it. The
+built-in `harmless` reward is one trained on HH-RLHF harmless pairs, on demand, the first time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dgalign.errors import DGAlignError
+
+WEIGHTS = "model.safetensors"  # head weights and the feature standardisation buffers
+CONFIG = "config.json"  # features, head shape, data, split, validation accuracy, training time
+
+_HUMAN, _ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+def last_turn(prompt: str) -> str:
+    """The last user turn of an HH-RLHF transcript ("...\\n\\nHuman: X\\n\\nAssistant:" -> X), else the prompt."""
+    start = prompt.rfind(_HUMAN)
+    if start < 0:
+        return prompt.strip()
+    end = prompt.find(_ASSISTANT, start)
+    return prompt[start + len(_HUMAN) : end if end >= 0 else None].strip()
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+class MiniLMFeatures:
+    """[a, q ⊙ a] with a, q the unit MiniLM embeddings of the answer and of the last user turn, (B, 768)."""
+
+    name = "minilm"
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        from dgalign.rewards import minilm
+
+        q = minilm.encode([last_turn(p) for p in prompts])  # (B, 384)
+        a = minilm.encode(completions)  # (B, 384)
+        return torch.cat([a, q * a], dim=-1)
+
+
+class LMFeatures:
+    """The LM's last hidden state mean-pooled over the answer tokens, read after the chat-formatted prompt, (B, D)."""
+
+    def __init__(self, model: str, *, max_prompt_tokens: int = 256, max_answer_tokens: int = 256, batch_size: int = 8):
+        self.name = f"lm:{model}"
+        self.model = model  # built-in name, HF id or path for dgalign.lm.load_lm
+        self.max_prompt_tokens = max_prompt_tokens  # keep the last ones: the question is at the end
+        self.max_answer_tokens = max_answer_tokens  # keep the first ones
+        self.batch_size = batch_size  # pairs of (prompt, answer) per forward pass
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        lm = _load_lm(self.model)
+        prompt_ids = [ids[-self.max_prompt_tokens :] for ids in lm.encode([last_turn(p) for p in prompts])]
+        answer_ids = [ids[: self.max_answer_tokens] for ids in lm.encode(completions, raw=True)]
+        # similar lengths share a batch: less padding
+        order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(answer_ids[i]))
+        out = torch.zeros(len(prompts), lm.embeddings().shape[1])
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = lm.pooled_hidden([prompt_ids[i] for i in rows], [answer_ids[i] for i in rows]).cpu()
+        return out
+
+
+@functools.cache
+def _load_lm(model: str):
+    from dgalign.lm import load_lm
+
+    return load_lm(model)
+
+
+class RandomFeatures:
+    """Hashed bag of words: the mean over the answer's lower-cased words of a N(0, I) vector seeded by the word."""
+
+    _WORD = re.compile(r"\w+")
+
+    def __init__(self, dim: int):
+        if dim <= 0:
+            raise DGAlignError(f"random features need a positive dimension, got {dim}")
+        self.name = f"random:{dim}"
+        self.dim = dim
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(completions), self.dim)
+        for row, text in enumerate(completions):
+            words = self._WORD.findall(text.lower())
+            if words:
+                out[row] = torch.stack([_word_vector(w, self.dim) for w in words]).mean(0)
+        return out
+
+
+@functools.cache
+def _word_vector(word: str, dim: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(zlib.crc32(word.encode()))  # stable across runs, unlike hash()
+    return torch.randn(dim, generator=gen)
+
+
+def get_features(spec: str) -> MiniLMFeatures | LMFeatures | RandomFeatures:
+    """The feature extractor a spec names: minilm, lm:<model> or random:<dim>."""
+    kind, _, arg = spec.partition(":")
+    if kind == "minilm" and not arg:
+        return MiniLMFeatures()
+    if kind == "lm" and arg:
+        return LMFeatures(arg)
+    if kind == "random" and arg.isdigit():
+        return RandomFeatures(int(arg))
+    raise DGAlignError(f"unknown features {spec!r}; valid: minilm, lm:<model> (e.g. lm:smollm2-135m-instruct), random:<dim>")
+
+
+# ------------------------------------------------------------------------------------------ the head
+
+
+class RewardHead(nn.Module):
+    """Scalar reward from features: standardise with the training statistics, then linear or MLP."""
+
+    def __init__(self, dim: int, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))  # (D,) training feature mean
+        self.register_buffer("std", torch.ones(dim))  # (D,) training feature std
+        if hidden == 0:
+            self.net = nn.Sequential(nn.Linear(dim, 1))
+        else:
+            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std).squeeze(-1)  # (B, D) -> (B,)
+
+
+def save_rm(head: RewardHead, meta: dict, path: Path) -> None:
+    """Write the head's weights and the config into an (empty, new) directory."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, path / WEIGHTS)
+    (path / CONFIG).write_text(json.dumps(meta, indent=2))
+
+
+def load_rm(path: Path) -> tuple[MiniLMFeatures | LMFeatures | RandomFeatures, RewardHead, dict]:
+    """(features, head, config) of a reward model saved by `save_rm`."""
+    meta = json.loads((path / CONFIG).read_text())
+    head = RewardHead(meta["dim"], meta["hidden"], meta["dropout"])
+    head.load_state_dict(load_file(path / WEIGHTS))
+    return get_features(meta["features"]), head.eval(), meta
+
+
+# ------------------------------------------------------------------------------------------ rewards
+
+
+class LearnedReward:
+    """A reward model trained by `dgalign train-rm`, read from its directory; unbounded, higher is preferred."""
+
+    def __init__(self, path: str):
+        self.path = Path(path).expanduser()
+        if not (self.path / CONFIG).is_file():
+            raise DGAlignError(
+                f"no trained reward model in {self.path}; train one with "
+                f"`dgalign train-rm --pairs FILE --out {self.path}`"
+            )
+
+    @functools.cached_property
+    def model(self) -> tuple[MiniLMFeatures | LMFeatures | RandomFeatures, RewardHead, dict]:
+        """(features, head, config), loaded on first use."""
+        return load_rm(self.path)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        features, head, _ = self.model
+        return head(features(prompts, completions)).float()
+
+
+# the `harmless` reward model is trained on these HH-RLHF harmless-base pairs (config: train.reward_model.HARMLESS)
+HARMLESS_DATA = "hh_harmless.jsonl.gz"
+
+
+def harmless_dir() -> Path:
+    """Where the built-in `harmless` model is cached: <dgalign cache dir>/rewards/harmless."""
+    from dgalign.lm.embedded import cache_dir
+
+    return cache_dir() / "rewards" / "harmless"
+
+
+class Harmless(LearnedReward):
+    """Bradley-Terry reward model of HH-RLHF harmlessness preferences; trained once, on demand, if not cached."""
+
+    def __init__(self):
+        self.path = harmless_dir()
+
+    @functools.cached_property
+    def model(self) -> tuple[MiniLMFeatures | LMFeatures | RandomFeatures, RewardHead, dict]:
+        if not (self.path / CONFIG).is_file():
+            from dgalign.data import data_path
+            from dgalign.train.reward_model import HARMLESS, train_and_save
+
+            pairs = data_path(HARMLESS_DATA)
+            print(
+                f"reward 'harmless': no trained model in {self.path}; training one now on {pairs} "
+                f"(features {HARMLESS.features}, once, a few minutes; to do it beforehand: "
+                f"dgalign train-rm --pairs {pairs} --out {self.path})",
+                file=sys.stderr,
+            )
+            train_and_save(pairs, HARMLESS, self.path)
+        return load_rm(self.path)
