@@ -14,8 +14,7 @@ import torch
 
 from ..cost import Meter
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
-from .common import pack, prefill, score
-from .rollout import rollout
+from .common import draw_pool, pack_rows
 
 
 @dataclass
@@ -36,20 +35,7 @@ def sample_bon(
     """Best-of-N with ties broken by the first candidate drawn."""
     meter = Meter(lm)
     groups = len(prompts) * cfg.num_samples  # one group of n candidates per returned completion
-    state = prefill(lm, prompts, cfg.num_samples * cfg.n)
-    out = rollout(lm, state, cfg, cfg.max_new_tokens, generator=generator, callback=callback)
-    texts = [lm.decode(t) for t in out.tokens]
-    prompt_of_row = [i for i in range(len(prompts)) for _ in range(cfg.num_samples * cfg.n)]
-    rewards = score(meter, reward, [prompts.texts[i] for i in prompt_of_row], texts)
-    best = rewards.view(groups, cfg.n).argmax(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
-    keep = best.tolist()
-    return pack(
-        lm,
-        meter,
-        [prompt_of_row[r] for r in keep],
-        [out.tokens[r] for r in keep],
-        rewards[best],
-        out.base_logprobs[best],
-        [texts[r] for r in keep],
-        extras={"kl_bound": math.log(cfg.n) - (cfg.n - 1) / cfg.n, "candidates": cfg.n},
-    )
+    pool = draw_pool(lm, reward, prompts, cfg, cfg.n, meter, generator=generator, callback=callback)
+    best = pool.rewards.view(groups, cfg.n).argmax(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
+    return pack_rows(lm, meter, pool, best,
+                     extras={"kl_bound": math.log(cfg.n) - (cfg.n - 1) / cfg.n, "candidates": cfg.n})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..cost import Meter
-from ..types import LM, DecodeState, Prompts, Reward, Samples
+from ..types import LM, DecodeState, Prompts, Reward, SamplerConfig, Samples
+from .rollout import Rollout, rollout
 
 
 def prefill(lm: LM, prompts: Prompts, copies: int) -> DecodeState:
@@ -35,3 +38,31 @@ def pack(
     texts = texts if texts is not None else [lm.decode(t) for t in tokens]
     cost = meter.finish(generated_tokens=sum(len(t) for t in tokens))
     return Samples(prompt_index, texts, tokens, rewards, base_logprobs, cost=cost, **extra)
+
+
+@dataclass
+class Pool:
+    """n base completions per returned answer, prompt-major, decoded and scored."""
+
+    rollout: Rollout
+    texts: list[str]
+    prompt_of_row: list[int]
+    rewards: torch.Tensor  # (rows,)
+
+
+def draw_pool(lm: LM, reward: Reward, prompts: Prompts, cfg: SamplerConfig, n: int, meter: Meter, *,
+              generator: torch.Generator | None, callback) -> Pool:
+    """One prefill per prompt, `num_samples × n` rollouts from it, each scored by the reward."""
+    state = prefill(lm, prompts, cfg.num_samples * n)
+    out = rollout(lm, state, cfg, cfg.max_new_tokens, generator=generator, callback=callback)
+    texts = [lm.decode(t) for t in out.tokens]
+    prompt_of_row = [i for i in range(len(prompts)) for _ in range(cfg.num_samples * n)]
+    rewards = score(meter, reward, [prompts.texts[i] for i in prompt_of_row], texts)
+    return Pool(out, texts, prompt_of_row, rewards)
+
+
+def pack_rows(lm: LM, meter: Meter, pool: Pool, rows: torch.Tensor, **extra) -> Samples:
+    """`Samples` of the chosen pool rows (B,)."""
+    keep = rows.tolist()
+    return pack(lm, meter, [pool.prompt_of_row[r] for r in keep], [pool.rollout.tokens[r] for r in keep],
+                pool.rewards[rows], pool.rollout.base_logprobs[rows], [pool.texts[r] for r in keep], **extra)

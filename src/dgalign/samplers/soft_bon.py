@@ -14,8 +14,7 @@ import torch
 from ..cost import Meter
 from ..smc_math import ess, log_mean_exp, resample
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
-from .common import pack, prefill, score
-from .rollout import rollout
+from .common import draw_pool, pack_rows
 
 
 @dataclass
@@ -36,27 +35,12 @@ def sample_soft_bon(
     """Soft best-of-N; with a tempered or truncated proposal q the weights carry log p_θ − log q."""
     meter = Meter(lm)
     groups = len(prompts) * cfg.num_samples  # one group of n candidates per returned completion
-    state = prefill(lm, prompts, cfg.num_samples * cfg.n)
-    out = rollout(lm, state, cfg, cfg.max_new_tokens, generator=generator, callback=callback)
-    texts = [lm.decode(t) for t in out.tokens]
-    prompt_of_row = [i for i in range(len(prompts)) for _ in range(cfg.num_samples * cfg.n)]
-    rewards = score(meter, reward, [prompts.texts[i] for i in prompt_of_row], texts)
+    pool = draw_pool(lm, reward, prompts, cfg, cfg.n, meter, generator=generator, callback=callback)
     # 1. importance weight of each candidate for p_r: w = p_θ·exp(β r) / q
-    log_w = (cfg.beta * rewards + out.base_logprobs - out.proposal_logprobs).view(groups, cfg.n)
+    log_w = (cfg.beta * pool.rewards + pool.rollout.base_logprobs - pool.rollout.proposal_logprobs).view(groups, cfg.n)
     # 2. one draw per group from the normalised weights
     pick = resample(log_w, generator, num=1).squeeze(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
-    keep = pick.tolist()
     # 3. Ẑ = mean weight is unbiased for Z = E_p[exp(β r)]; pool every candidate of a prompt
     per_prompt = log_w.view(len(prompts), cfg.num_samples * cfg.n)
-    return pack(
-        lm,
-        meter,
-        [prompt_of_row[r] for r in keep],
-        [out.tokens[r] for r in keep],
-        rewards[pick],
-        out.base_logprobs[pick],
-        [texts[r] for r in keep],
-        ess=float(ess(log_w).mean()),
-        log_z=log_mean_exp(per_prompt),
-        extras={"candidates": cfg.n},
-    )
+    return pack_rows(lm, meter, pool, pick, ess=float(ess(log_w).mean()), log_z=log_mean_exp(per_prompt),
+                     extras={"candidates": cfg.n})
