@@ -126,7 +126,7 @@ def test_training_step_lowers_loss_and_changes_every_parameter(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < first
+    assert float(loss.detach()) < first
     after = {f"{k}.{n}": p for k, mod in nets.modules().items() for n, p in mod.named_parameters()}
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, unchanged
