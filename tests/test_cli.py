@@ -66,6 +66,8 @@ def test_generate_human_output(monkeypatch, capsys):
         (["--num-samples", "0"], "--num-samples must be at least 1"),
         (["--set", "bogus=1"], "unknown setting 'bogus'"),
         (["--set", "n=many", "--method", "bon"], "--set n=many: expected int"),
+        (["--set", "n=0", "--method", "bon"], "n must be at least 1"),
+        (["--set", "top_p=1.5"], "top_p must be in (0, 1]"),
         (["--model", "toy", "--max-new-tokens", "100"], "exceeds toy's context of 64 tokens"),
     ],
 )

@@ -441,6 +441,12 @@ GOOD = {"model": "toy", "prompt": "ab", "max_tokens": 3}
             "alignment.params",
             "max_tokens",
         ),
+        (
+            {"alignment": {"method": "bon", "reward": "length", "params": {"n": 0}}},
+            400,
+            "alignment.params",
+            "n must be at least 1",
+        ),
         ({"alignment": {"methd": "bon"}}, 400, "alignment.methd", "Extra inputs"),
         ({"alignment": {"beta": "strong"}}, 400, "alignment.beta", "valid number"),
     ],

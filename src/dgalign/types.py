@@ -7,7 +7,7 @@ embeddings; only `encode` / `decode` touch text. A reward is any batched callabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -100,6 +100,10 @@ class Prompts:
         return len(self.texts)
 
 
+# count-like knobs, wherever a sampler's config has them
+_AT_LEAST_ONE = {"max_new_tokens", "num_samples", "n", "particles", "steps", "block", "perturbations", "jacobi_iters"}
+
+
 @dataclass
 class SamplerConfig:
     """Knobs every sampler shares; each method's config extends this with its own."""
@@ -110,6 +114,21 @@ class SamplerConfig:
     temperature: float = 1.0  # base proposal temperature (1 = the model's own distribution)
     top_p: float = 1.0  # nucleus truncation of the proposal (1 = off)
     top_k: int = 0  # top-k truncation of the proposal (0 = off)
+
+    def __post_init__(self) -> None:
+        """Concise errors for out-of-range knobs, for every sampler's config (subclasses inherit it)."""
+        from .errors import DGAlignError
+
+        names = {f.name for f in fields(self)}
+        for name in sorted(_AT_LEAST_ONE & names):
+            if getattr(self, name) < 1:
+                raise DGAlignError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise DGAlignError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DGAlignError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise DGAlignError(f"top_k must be >= 0, got {self.top_k}")
 
 
 @dataclass
