@@ -97,8 +97,11 @@ def _resolve(cfg: DGAConfig, nets: DGANets | None, exact_value: ExactToyValue | 
 
 
 def embedding_scale(lm: LM) -> float:
-    """RMS of the embedding entries: e_v = E_v / scale has unit-RMS coordinates."""
-    return float(lm.embeddings().detach().float().pow(2).mean().sqrt())
+    """RMS norm of the embedding rows: e_v = E_v / scale has ‖e_v‖ ≈ 1 whatever D, so the noise
+    schedule spans the regime where the posterior over tokens is uncertain (with unit-RMS
+    coordinates, ‖e_u − e_v‖² ≈ 2D and the posterior is one-hot at all but the noisiest steps)."""
+    emb = lm.embeddings().detach().float()
+    return float(emb.pow(2).sum(-1).mean().sqrt())
 
 
 @torch.no_grad()
