@@ -25,3 +25,19 @@ def data_path(name: str) -> Path:
     if not path.is_file():
         raise DGAlignError(f"data file {name!r} not found in {path.parent} (set $DGALIGN_DATA to the datasets dir)")
     return path
+
+
+# HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..." turns
+HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen answer, rejected answer) of two HH-RLHF transcripts that share their prompt.
+
+    The prompt ends at the last "\\n\\nAssistant:" inside the common prefix; with none, it is empty.
+    """
+    cut = os.path.commonprefix([chosen, rejected]).rfind(HH_ASSISTANT)
+    if cut < 0:
+        return "", chosen.strip(), rejected.strip()
+    cut += len(HH_ASSISTANT)
+    return chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()

@@ -25,21 +25,19 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from dgalign.data import HH_ASSISTANT, HH_HUMAN
 from dgalign.errors import DGAlignError
 
 WEIGHTS = "model.safetensors"  # head weights and the feature standardisation buffers
 CONFIG = "config.json"  # features, head shape, data, split, validation accuracy, training time
 
-_HUMAN, _ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
-
-
 def last_turn(prompt: str) -> str:
     """The last user turn of an HH-RLHF transcript ("...\\n\\nHuman: X\\n\\nAssistant:" -> X), else the prompt."""
-    start = prompt.rfind(_HUMAN)
+    start = prompt.rfind(HH_HUMAN)
     if start < 0:
         return prompt.strip()
-    end = prompt.find(_ASSISTANT, start)
-    return prompt[start + len(_HUMAN) : end if end >= 0 else None].strip()
+    end = prompt.find(HH_ASSISTANT, start)
+    return prompt[start + len(HH_HUMAN) : end if end >= 0 else None].strip()
 
 
 # ------------------------------------------------------------------------------------------ features

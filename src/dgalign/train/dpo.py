@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import HH_ASSISTANT, HH_HUMAN, split_transcripts
 from ..errors import DGAlignError
 
 INSTALL = "pip install 'dgalign[dpo]'"
-HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
 
@@ -70,14 +70,12 @@ def split_hh(chosen: str, rejected: str) -> tuple[list[dict], str, str] | None:
     None when the shared prefix has no "Assistant:" turn, the transcripts diverge before their
     last turn, or the answers are empty or equal.
     """
-    common = os.path.commonprefix([chosen, rejected])
-    cut = common.rfind(ASSISTANT)
-    if cut < 0:
+    prompt, good, bad = split_transcripts(chosen, rejected)
+    if not prompt:
         return None
-    good, bad = chosen[cut + len(ASSISTANT):].strip(), rejected[cut + len(ASSISTANT):].strip()
-    if not good or not bad or good == bad or HUMAN in good or HUMAN in bad:
+    if not good or not bad or good == bad or HH_HUMAN in good or HH_HUMAN in bad:
         return None
-    parts = _TURN.split(chosen[:cut])  # ['', 'Human', ' text', 'Assistant', ' text', …]
+    parts = _TURN.split(prompt[: -len(HH_ASSISTANT)])  # ['', 'Human', ' text', 'Assistant', ' text', …]
     if parts[0].strip() or len(parts) < 3:
         return None
     messages = [{"role": _ROLE[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2],
@@ -117,8 +115,8 @@ def to_example(row: dict, tokenizer, max_prompt_length: int) -> dict | None:
 
 def _transcript(messages: list[dict]) -> str:
     """Plain-text prompt for a model without a chat template: HH-style turns, ending on "Assistant:"."""
-    tags = {"user": HUMAN, "assistant": ASSISTANT}
-    return "".join(f"{tags[m['role']]} {m['content']}" for m in messages) + ASSISTANT
+    tags = {"user": HH_HUMAN, "assistant": HH_ASSISTANT}
+    return "".join(f"{tags[m['role']]} {m['content']}" for m in messages) + HH_ASSISTANT
 
 
 def select_pairs(rows: list[dict], tokenizer, cfg: DPOTrainConfig) -> tuple[list[dict], list[dict], int]:

@@ -35,11 +35,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from dgalign.data import split_transcripts
 from dgalign.errors import DGAlignError
 from dgalign.rewards.learned import LearnedReward, RewardHead, get_features, save_rm
 from dgalign.types import Reward
-
-_ASSISTANT = "\n\nAssistant:"
 
 
 @dataclass
@@ -83,18 +82,6 @@ class Pairs:
     def subset(self, index: torch.Tensor) -> Pairs:
         rows = index.tolist()
         return Pairs(*([items[i] for i in rows] for items in (self.prompts, self.chosen, self.rejected)))
-
-
-def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """(prompt, chosen answer, rejected answer) of two HH-RLHF transcripts that share their prompt.
-
-    The prompt ends at the last "\\n\\nAssistant:" inside the common prefix; with none, it is empty.
-    """
-    cut = os.path.commonprefix([chosen, rejected]).rfind(_ASSISTANT)
-    if cut < 0:
-        return "", chosen.strip(), rejected.strip()
-    cut += len(_ASSISTANT)
-    return chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
 
 
 def read_pairs(path: Path) -> Pairs:
