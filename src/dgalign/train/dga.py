@@ -1,10 +1,16 @@
 """DGA training (§2.6): roll out the base LM, score with the reward, fit φ then ψ.
 
-1. Rollouts: `rollouts` completions per prompt from p_θ, scored by the reward; each is replayed
-   through the LM to record, at every position i, the hidden state h_i at the prefix and the
-   top-m candidates of p_θ(· | prefix) — the (h, x_0 block, t, target) tuples of §2.6.
+1. Rollouts: `rollouts` completions per prompt from p_θ, scored by the reward; while decoding we
+   record, at every position i, the hidden state h_i at the prefix and the top-m candidates of
+   p_θ(· | prefix) — the (h, x_0 block, t, target) tuples of §2.6 — and score `score_k` of the
+   candidates v with the reward on the partial text prefix ⊕ v.
 2. φ = (g_φ, r_φ): L_φ = ‖μ_φ(x_t) − μ̃(x_t, x_0)‖² + α·(r_φ(x_t, t, h) − r̃)², with t uniform,
-   x_t = √ᾱ_t e_y + √(1−ᾱ_t) z, μ̃ the true DDPM posterior mean and r̃ the standardised reward.
+   x_t = √ᾱ_t e_y + √(1−ᾱ_t) z, μ̃ the true DDPM posterior mean and r̃ the standardised reward,
+   plus α_c times a contrast loss: over the scored candidates of a prefix, r_φ(e_v, 0, h) minus its
+   mean must match r(prefix ⊕ v) minus its mean. E[r | prefix ⊕ v] = r̄ + (that contrast) is a
+   control-variate estimate (swapping token y for v moves the final reward as it moves the
+   partial-text reward); one rollout's r cannot tell a prefix's candidates apart, the contrasts can,
+   and they are what the twist's softmax ψ_v = β·r_φ(e_v, 0, h) reads.
 3. ψ: L_ψ = ‖δ_ψ(x_t, t, h) − ĝ/β‖² (eq. 9), ĝ the analytic guidance from r_φ's candidate values.
 
 Work is saved to `<out>.work/` after every epoch (atomically) so an interrupted run resumes; the
@@ -46,6 +52,8 @@ class TrainConfig:
     batch_size: int = 512  # tuples per optimiser step
     lr: float = 1e-3  # AdamW learning rate
     alpha: float = 1.0  # weight of the value loss in L_φ
+    alpha_contrast: float = 10.0  # weight of the candidate-contrast value loss (α_c; 1 left the contrasts shrunk 3x)
+    score_k: int = 16  # candidates per position scored on prefix ⊕ v (the token taken + draws ∝ p_θ/2 + 1/2m)
     rollout_batch: int = 16  # prompts per rollout batch
     seed: int = 0  # seeds rollouts, noise and initialisation
 
@@ -64,39 +72,76 @@ class Tuples:
     cand_logp: torch.Tensor  # (N, m)
     target: torch.Tensor  # (N,) index of the taken token within the candidates
     reward: torch.Tensor  # (N,) final reward of the completion
+    cand_reward: torch.Tensor  # (N, m) reward of the partial text prefix ⊕ v; NaN where v was not scored
     meta: dict = field(default_factory=dict)
 
 
 @torch.no_grad()
 def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generator: torch.Generator) -> Tuples:
-    """Roll out the base LM on every prompt, recording h_i and the top-m of p_θ(· | prefix) as it decodes."""
-    hs, ids, lps, tgt, rws = [], [], [], [], []
+    """Roll out the base LM on every prompt, recording h_i and the top-m of p_θ(· | prefix) as it decodes,
+    and the partial-text reward of `score_k` candidates per position."""
+    hs, ids, lps, tgt, rws, crs = [], [], [], [], [], []
     rewards_all = []
     m = min(cfg.top_m, lm.vocab_size) if cfg.top_m > 0 else lm.vocab_size
+    pieces: dict[int, str] = {}
+
+    def piece(v: int) -> str:
+        if v not in pieces:
+            pieces[v] = lm.decode([v])
+        return pieces[v]
+
     for start in tqdm(range(0, len(prompts), cfg.rollout_batch), desc="rollouts", unit="batch"):
         batch = Prompts(prompts.texts[start:start + cfg.rollout_batch], prompts.ids[start:start + cfg.rollout_batch])
-        seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (row, h, ids, logp, target)
+        seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
+        prefixes: dict[int, list[int]] = {}
 
-        def record(info: dict, seen=seen) -> None:
-            state, tok = info["state"], info["tokens"]
+        def record(info: dict, seen=seen, prefixes=prefixes, batch=batch) -> None:
+            state, tok, rows = info["state"], info["tokens"], info["rows"].tolist()
             top = torch.topk(state.logits.float(), m, dim=-1)
+            logp = top.values.log_softmax(-1)
             hit = top.indices == tok[:, None]  # (b, m); rows whose token fell outside the top-m are skipped
-            for i in hit.any(-1).nonzero().squeeze(-1).tolist():
-                seen.append((int(info["rows"][i]), state.hidden[i].float().cpu(), top.indices[i].cpu(),
-                             top.values[i].log_softmax(-1).cpu(), int(hit[i].nonzero()[0])))
+            live = hit.any(-1).nonzero().squeeze(-1).tolist()
+            picks = _score_picks(logp[live], hit[live].float().argmax(-1), cfg.score_k, generator)  # (n, k)
+            texts, prompt_texts = [], []
+            for i, pick in zip(live, picks, strict=True):
+                prefix = lm.decode(prefixes.get(rows[i], []))
+                texts += [prefix + piece(int(v)) for v in top.indices[i, pick].tolist()]
+                prompt_texts += [batch.texts[rows[i] // cfg.rollouts]] * len(pick)
+            scores = reward(prompt_texts, texts).float().view(len(live), -1) if texts else None
+            for n, i in enumerate(live):
+                cr = torch.full((m,), float("nan"))
+                cr[picks[n]] = scores[n]
+                seen.append((rows[i], state.hidden[i].float().cpu(), top.indices[i].cpu(), logp[i].cpu(),
+                             int(hit[i].nonzero()[0]), cr))
+            for r, v in zip(rows, tok.tolist(), strict=True):
+                prefixes.setdefault(r, []).append(v)
 
         out = sample_base(lm, reward, batch, BaseConfig(max_new_tokens=cfg.max_new_tokens, num_samples=cfg.rollouts),
                           generator=generator, callback=record)
         rewards_all.append(out.rewards)
-        for row, h, cand, logp, target in seen:
+        for row, h, cand, logp, target, cr in seen:
             hs.append(h)
             ids.append(cand)
             lps.append(logp)
             tgt.append(target)
             rws.append(float(out.rewards[row]))
+            crs.append(cr)
     all_r = torch.cat(rewards_all)
     return Tuples(torch.stack(hs), torch.stack(ids), torch.stack(lps), torch.tensor(tgt), torch.tensor(rws),
+                  torch.stack(crs),
                   {"completions": len(all_r), "reward_mean": float(all_r.mean()), "reward_std": float(all_r.std())})
+
+
+def _score_picks(logp: torch.Tensor, taken: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Which candidates to score, (n, k'): the taken one first, then draws without replacement from
+    p_θ/2 + uniform/2 (likely tokens, and a spread over the tail so the head is not extrapolating there)."""
+    n, m = logp.shape
+    k = min(max(k, 1), m)
+    weights = 0.5 * logp.exp() + 0.5 / m
+    weights[torch.arange(n), taken] = 0.0
+    others = torch.multinomial(weights, k - 1, replacement=False, generator=generator) if k > 1 and n else \
+        torch.zeros(n, 0, dtype=torch.long)
+    return torch.cat([taken[:, None], others], 1)
 
 
 def _noised(t: Tuples, idx: torch.Tensor, emb: torch.Tensor, abars: torch.Tensor, gen: torch.Generator):
@@ -110,17 +155,42 @@ def _noised(t: Tuples, idx: torch.Tensor, emb: torch.Tensor, abars: torch.Tensor
     return cand, x0, ts.float() / steps, x_t, a_t, a_prev
 
 
-def phi_loss(nets: DGANets, t: Tuples, idx, emb, abars, alpha: float, gen) -> tuple[torch.Tensor, dict]:
-    """L_φ = ‖μ_φ − μ̃‖² (per dimension) + α·(r_φ − r̃)² on one minibatch."""
+def phi_loss(nets: DGANets, t: Tuples, idx, emb, abars, alpha: float, gen,
+             alpha_contrast: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """L_φ = ‖μ_φ − μ̃‖² (per dimension) + α·(r_φ − r̃)² + α_c·(candidate contrasts) on one minibatch."""
     cand, x0, t_frac, x_t, a_t, a_prev = _noised(t, idx, emb, abars, gen)
     h = t.hidden[idx]
-    log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h, cand.emb))
+    log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h))
     mu, _ = ddpm_mean_var(x_t, tweedie(log_pi, cand), a_t, a_prev)
     mu_true, _ = ddpm_mean_var(x_t, x0, a_t, a_prev)
     den = ((mu - mu_true) ** 2).mean()
     r_std = (t.reward[idx] - nets.value.mean) / nets.value.std
     val = ((nets.value(x_t, t_frac, h) - r_std) ** 2).mean()
-    return den + alpha * val, {"denoiser": float(den.detach()), "value": float(val.detach())}
+    con = contrast_loss(nets, t, idx, cand, h)
+    return den + alpha * val + alpha_contrast * con, {"denoiser": float(den.detach()), "value": float(val.detach()),
+                                                      "contrast": float(con.detach())}
+
+
+def contrast_loss(nets: DGANets, t: Tuples, idx, cand: Candidates, h: torch.Tensor) -> torch.Tensor:
+    """Within-prefix contrasts of r_φ(e_v, 0, h) against those of the partial-text reward, over the
+    scored candidates: ((r_φ,v − mean r_φ) − (q_v − mean q))/σ_r, both means over the prefix's scored set.
+
+    Centring removes the completion's reward r (the same for every candidate of a prefix, and
+    noisy), so this term teaches exactly what the twist's softmax over candidates reads.
+    """
+    part = t.cand_reward[idx]  # (B, m)
+    scored = ~part.isnan()
+    if not scored.any():
+        return torch.zeros(())
+    b, v = scored.nonzero(as_tuple=True)
+    pred = nets.value.clean(cand.ids[b, v], cand.emb[b, v], h, b)  # (S,) standardised
+    count = scored.sum(-1).clamp(min=1).float()
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return x - torch.zeros(len(idx)).index_add(0, b, x)[b] / count[b]
+
+    diff = centred(pred) - centred(part[b, v]) / nets.value.std
+    return (diff**2).sum() / len(idx)
 
 
 def psi_loss(nets: DGANets, t: Tuples, idx, emb, abars, beta: float, gen) -> torch.Tensor:
@@ -128,8 +198,8 @@ def psi_loss(nets: DGANets, t: Tuples, idx, emb, abars, beta: float, gen) -> tor
     cand, _, t_frac, x_t, a_t, _ = _noised(t, idx, emb, abars, gen)
     h = t.hidden[idx]
     with torch.no_grad():
-        log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h, cand.emb))
-        psi = beta * nets.value.candidates(cand.emb, h)
+        log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h))
+        psi = beta * nets.value.candidates(cand, h)
         target = analytic(GuideInputs(x_t, a_t, t_frac, cand, log_pi, h, psi, beta)) / beta
     return ((nets.proposal(x_t, t_frac, h) - target) ** 2).mean()
 
@@ -158,13 +228,13 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
     meta = {"model": lm.name, "reward": reward_name, "beta": cfg.beta, "emb_scale": embedding_scale(lm),
             "top_m": cfg.top_m, "steps": cfg.steps, "schedule": cfg.schedule, "train": asdict(cfg),
             "prompts": len(prompts), "tuples": len(tuples.target), **tuples.meta}
-    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], cfg.width, meta)
+    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], emb.shape[0], cfg.width, meta)
     nets.value.mean.fill_(float(tuples.reward.mean()))
     nets.value.std.fill_(max(float(tuples.reward.std()), 1e-6))
     phi_params = [*nets.correction.parameters(), *nets.value.parameters()]
     opt_phi = torch.optim.AdamW(phi_params, lr=cfg.lr)
     opt_psi = torch.optim.AdamW(nets.proposal.parameters(), lr=cfg.lr)
-    progress = {"epoch": 0, "losses": {"phi": [], "denoiser": [], "value": [], "psi": []}}
+    progress = {"epoch": 0, "losses": {"phi": [], "denoiser": [], "value": [], "contrast": [], "psi": []}}
     if (work / "state.pt").exists():  # resume
         saved = torch.load(work / "state.pt")
         for name, mod in nets.modules().items():
@@ -182,20 +252,21 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             if epoch < cfg.epochs_phi:
-                loss, parts = phi_loss(nets, tuples, idx, emb, abars, cfg.alpha, gen)
+                loss, parts = phi_loss(nets, tuples, idx, emb, abars, cfg.alpha, gen, cfg.alpha_contrast)
                 opt_phi.zero_grad()
                 loss.backward()
                 opt_phi.step()
-                progress["losses"]["phi"].append(float(loss))
+                progress["losses"]["phi"].append(float(loss.detach()))
                 progress["losses"]["denoiser"].append(parts["denoiser"])
                 progress["losses"]["value"].append(parts["value"])
+                progress["losses"]["contrast"].append(parts["contrast"])
             else:
                 loss = psi_loss(nets, tuples, idx, emb, abars, cfg.beta, gen)
                 opt_psi.zero_grad()
                 loss.backward()
                 opt_psi.step()
-                progress["losses"]["psi"].append(float(loss))
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+                progress["losses"]["psi"].append(float(loss.detach()))
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         progress["epoch"] = epoch + 1
         _atomic_torch_save({"nets": {k: m.state_dict() for k, m in nets.modules().items()},
                             "opt_phi": opt_phi.state_dict(), "opt_psi": opt_psi.state_dict(),
@@ -218,10 +289,11 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key, title in zip(axes, ["denoiser", "value", "psi"],
-                              ["L_φ denoiser ‖μ_φ − μ̃‖²", "L_φ value (r_φ − r̃)²", "L_ψ proposal"], strict=True):
-        ax.plot(losses[key])
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    for ax, key, title in zip(axes, ["denoiser", "value", "contrast", "psi"],
+                              ["L_φ denoiser ‖μ_φ − μ̃‖²", "L_φ value (r_φ − r̃)²", "L_φ contrasts (r_φ(e_v) − Q̃_v)²",
+                               "L_ψ proposal"], strict=True):
+        ax.plot(losses.get(key, []))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_yscale("log")

@@ -30,15 +30,18 @@ class DGANets:
 
     emb_dim: int
     hidden_dim: int
+    vocab_size: int
     correction: Correction
     value: ValueHead
     proposal: Proposal
     meta: dict = field(default_factory=dict)  # model, reward, beta, emb_scale, train config, losses
 
     @classmethod
-    def fresh(cls, emb_dim: int, hidden_dim: int, width: int = 256, meta: dict | None = None) -> DGANets:
-        return cls(emb_dim, hidden_dim, Correction(emb_dim, hidden_dim, width), ValueHead(emb_dim, hidden_dim, width),
-                   Proposal(emb_dim, hidden_dim, width), dict(meta or {}, width=width))
+    def fresh(cls, emb_dim: int, hidden_dim: int, vocab_size: int, width: int = 256,
+              meta: dict | None = None) -> DGANets:
+        return cls(emb_dim, hidden_dim, vocab_size, Correction(emb_dim, hidden_dim, width),
+                   ValueHead(emb_dim, hidden_dim, vocab_size, width), Proposal(emb_dim, hidden_dim, width),
+                   dict(meta or {}, width=width))
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"correction": self.correction, "value": self.value, "proposal": self.proposal}
@@ -51,8 +54,8 @@ class DGANets:
                    for name, mod in self.modules().items() for k, v in mod.state_dict().items()}
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
         save_file(tensors, tmp / WEIGHTS)
-        (tmp / CONFIG).write_text(json.dumps({"emb_dim": self.emb_dim, "hidden_dim": self.hidden_dim, **self.meta},
-                                             indent=2))
+        (tmp / CONFIG).write_text(json.dumps({"emb_dim": self.emb_dim, "hidden_dim": self.hidden_dim,
+                                              "vocab_size": self.vocab_size, **self.meta}, indent=2))
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-old-"))
             os.replace(out, old / "x")
@@ -68,7 +71,10 @@ class DGANets:
         if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
             raise DGAlignError(f"{path} is not a DGA checkpoint (needs {CONFIG} and {WEIGHTS}; make one with `dgalign train`)")
         meta = json.loads((path / CONFIG).read_text())
-        nets = cls.fresh(meta.pop("emb_dim"), meta.pop("hidden_dim"), meta.get("width", 256), meta)
+        if "vocab_size" not in meta:
+            raise DGAlignError(f"{path} was written by an older dgalign (no vocab_size); retrain it with `dgalign train`")
+        nets = cls.fresh(meta.pop("emb_dim"), meta.pop("hidden_dim"), meta.pop("vocab_size"), meta.get("width", 256),
+                         meta)
         tensors = load_file(path / WEIGHTS)
         for name, mod in nets.modules().items():
             mod.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})

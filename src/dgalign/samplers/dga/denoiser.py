@@ -9,6 +9,7 @@ posterior mean given x̂_0 and Σ_φ the DDPM posterior variance (Ho et al. 2020
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -22,6 +23,11 @@ class Candidates:
     logp: torch.Tensor  # (B, m) log p_θ(v | h), renormalised over the top-m
     emb: torch.Tensor  # (B, m, D) e_v = E_v / scale
 
+    @cached_property
+    def sq_norm(self) -> torch.Tensor:
+        """‖e_v‖², (B, m): every reverse step needs it, so it is computed once per candidate set."""
+        return (self.emb * self.emb).sum(-1)
+
 
 def candidates(logits: torch.Tensor, emb: torch.Tensor, top_m: int) -> Candidates:
     """The top-m of next-token `logits` (B, V); `emb` is the scaled embedding matrix (V, D)."""
@@ -31,26 +37,30 @@ def candidates(logits: torch.Tensor, emb: torch.Tensor, top_m: int) -> Candidate
 
 
 def posterior_logits(
-    x_t: torch.Tensor, abar: torch.Tensor, cand: Candidates, extra: torch.Tensor | None = None
+    x_t: torch.Tensor, abar: torch.Tensor, cand: Candidates, direction: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """log π(v | x_t) (B, m): prior + Gaussian likelihood at per-row noise level ᾱ (B,), + `extra` logits."""
+    """log π(v | x_t) (B, m): prior + Gaussian likelihood at per-row noise level ᾱ (B,), + g_φ's logits
+    e_v·u given as its `direction` u (B, D). Both terms linear in e_v share one batched product."""
     a = abar.to(x_t.dtype)[:, None]  # (B, 1)
-    sq = sq_dist(x_t, cand, a.sqrt())  # (B, m) ‖x_t − √ᾱ e_v‖²
-    logits = cand.logp - sq / (2 * (1 - a))
-    if extra is not None:
-        logits = logits + extra
+    lin = a.sqrt() * x_t / (1 - a)
+    if direction is not None:
+        lin = lin + direction
+    dot = torch.bmm(cand.emb, lin.unsqueeze(-1)).squeeze(-1)  # (B, m)
+    logits = cand.logp + dot - a * cand.sq_norm / (2 * (1 - a))  # ‖x_t‖² is the same for every v: dropped
     return logits.log_softmax(-1)
 
 
 def sq_dist(x: torch.Tensor, cand: Candidates, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
     """‖x − s·e_v‖² for every candidate, (B, D) -> (B, m), as ‖x‖² − 2s x·e_v + s²‖e_v‖² (one matmul)."""
-    dot = torch.einsum("bmd,bd->bm", cand.emb, x)
-    return (x * x).sum(-1, keepdim=True) - 2 * scale * dot + scale**2 * (cand.emb * cand.emb).sum(-1)
+    dot = torch.bmm(cand.emb, x.unsqueeze(-1)).squeeze(-1)
+    return (x * x).sum(-1, keepdim=True) - 2 * scale * dot + scale**2 * cand.sq_norm
 
 
 def tweedie(log_pi: torch.Tensor, cand: Candidates) -> torch.Tensor:
-    """x̂_0 = Σ_v π_v e_v, (B, D)."""
-    return torch.einsum("bm,bmd->bd", log_pi.exp(), cand.emb)
+    """x̂_0 = Σ_v π_v e_v, (B, D); several posteriors at once for log_pi (B, n, m) -> (B, n, D)."""
+    if log_pi.dim() == 3:
+        return torch.bmm(log_pi.exp(), cand.emb)
+    return torch.bmm(log_pi.exp().unsqueeze(1), cand.emb).squeeze(1)
 
 
 def ddpm_mean_var(x_t, x0_hat, abar_t, abar_prev):
@@ -71,7 +81,10 @@ def time_features(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
 
 
 class Correction(nn.Module):
-    """g_φ(x_t, t, h): logits added to π over the candidates, g_v = u(x_t, t, h) · e_v / √D."""
+    """g_φ(x_t, t, h): logits added to π over the candidates, g_v = u(x_t, t, h) · e_v / √D.
+
+    It returns the direction u/√D (B, D); `posterior_logits` takes its product with the candidates.
+    """
 
     def __init__(self, emb_dim: int, hidden_dim: int, width: int = 256):
         super().__init__()
@@ -81,6 +94,5 @@ class Correction(nn.Module):
         nn.init.zeros_(self.net[-1].weight)  # starts at g = 0: the exact Tweedie denoiser
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, h: torch.Tensor, cand_emb: torch.Tensor) -> torch.Tensor:
-        u = self.net(torch.cat([x_t, h.float(), time_features(t)], -1))  # (B, D)
-        return torch.einsum("bd,bmd->bm", u, cand_emb) / cand_emb.shape[-1] ** 0.5
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x_t, h.float(), time_features(t)], -1)) / x_t.shape[-1] ** 0.5  # (B, D)

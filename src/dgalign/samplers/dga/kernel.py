@@ -41,8 +41,8 @@ class GuideInputs:
 def analytic(g: GuideInputs) -> torch.Tensor:
     """(√ᾱ/(1-ᾱ))·(x̂_0 under π·e^ψ − x̂_0 under π)."""
     a = g.abar.to(g.x_t.dtype)[:, None]
-    tilted = (g.log_pi + g.psi).log_softmax(-1)
-    return a.sqrt() / (1 - a) * (tweedie(tilted, g.cand) - tweedie(g.log_pi, g.cand))
+    both = tweedie(torch.stack([(g.log_pi + g.psi).log_softmax(-1), g.log_pi], 1), g.cand)  # (B, 2, D)
+    return a.sqrt() / (1 - a) * (both[:, 0] - both[:, 1])
 
 
 def value_gradient(g: GuideInputs, head) -> torch.Tensor:

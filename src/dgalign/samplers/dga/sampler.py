@@ -46,8 +46,8 @@ class DGAConfig(SamplerConfig):
     top_m: int = 64  # candidates per position (the top-m of p_θ); 0 = the whole vocabulary
     init: str = "noise"  # noise: x_T ~ N(0, I) | draft: a p_θ draw noised to t0 (SDEdit)
     t0: float = 0.5  # draft init: start at step round(t0·T)
-    grad: str = "auto"  # analytic | value | perturb | fd | proposal | none; auto: proposal > analytic > fd
-    proposal: bool = True  # with grad=auto, use the checkpoint's δ_ψ (fast path) when it has one
+    grad: str = "auto"  # analytic | value | perturb | fd | proposal | none; auto: proposal if on, else analytic, else fd
+    proposal: bool = False  # with grad=auto, use the checkpoint's δ_ψ instead of analytic (embedded: gain 0.36 vs 0.61)
     guidance_scale: float = 1.0  # multiplies γ_t·ĝ
     value: str = "auto"  # twist ψ: learned (checkpoint) | exact (toy only, by enumeration) | none; auto: learned if any
     adaptive_lambda: float = 0.0  # λ of §2.4: β_t·exp(−λ r̂(x_t)); 0 = fixed schedule
@@ -146,7 +146,7 @@ def sample_dga(
     def psi_of(cand: Candidates, hid: torch.Tensor, guess: torch.Tensor) -> torch.Tensor | None:
         """ψ(prefix ⊕ ŷ_<j ⊕ v) for every block position j and candidate v, (R·k, m); ŷ (R, k) the rounded block."""
         if value == "learned":
-            return cfg.beta * nets.value.candidates(cand.emb, hid)
+            return cfg.beta * nets.value.candidates(cand, hid)
         if value == "exact":  # one lookup per distinct (prefix, ŷ_<j); finished rows get zeros (weights frozen)
             ids = cand.ids.view(rows, guess.shape[1], -1)  # (R, k, m)
             cols = []
@@ -165,7 +165,8 @@ def sample_dga(
         if value == "learned":  # the head at t = 0 on the last kept token, read at the prefix before it
             at = torch.arange(rows), (kept.sum(1) - 1).clamp(min=0)
             h = torch.cat([state.hidden[:, None], hidden], 1)[at]
-            return cfg.beta * nets.value.reward(emb[tok[at]], torch.zeros(rows), h)
+            return cfg.beta * (nets.value.clean(tok[at], emb[tok[at]], h, torch.arange(rows)) * nets.value.std
+                                + nets.value.mean)
         if value == "exact":
             inverse, rep = _distinct(groups, tok)
             return exact_value([(*run.tokens[r], *tok[r].tolist()) for r in rep]).float()[inverse]
@@ -215,7 +216,7 @@ def sample_dga(
                 psi = psi_of(cand, hid, guess)
             abar_prev = abars[t - 1].expand(flat).clone() if cfg.adaptive_lambda == 0 else None
             t_frac = torch.full((flat,), t / cfg.steps)
-            extra = nets.correction(x, t_frac, hid, cand.emb) if nets is not None else None
+            extra = nets.correction(x, t_frac, hid) if nets is not None else None
             log_pi = posterior_logits(x, abar, cand, extra)
             x0 = tweedie(log_pi, cand)
             if k > 1:  # round x̂_0 to its likeliest candidate: the block the LM reads next step
