@@ -326,3 +326,28 @@ def test_adaptive_schedule_keeps_chains_ending_clean():
     for t in range(10, 1, -1):
         a = adaptive_abar_prev(a, abars, t, torch.tensor([-3.0, 0.0, 3.0]), 0.5, 2.0)
     assert torch.allclose(a, abars[1].expand(3))
+
+
+@pytest.mark.integration
+def test_train_tiny_on_the_embedded_model_then_generate(tmp_path, monkeypatch, capsys):
+    """`dgalign train --tiny` end to end on SmolLM2 (4 prompts), and the checkpoint drives `generate`."""
+    import json
+    import sys
+
+    from dgalign.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["dgalign", *args])
+        try:
+            main()
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), capsys.readouterr().err
+        return capsys.readouterr().out
+
+    ck = tmp_path / "ck"
+    run("train", "--tiny", "--prompts", "rtp-toxic", "--skip", "50", "--n-prompts", "4", "--out", str(ck))
+    meta = json.loads((ck / "dga.json").read_text())
+    assert meta["model"] == "smollm2-135m-instruct" and meta["tuples"] > 50 and meta["losses"]["contrast"] > 0
+    out = json.loads(run("generate", "The weather today", "--raw", "--method", "dga", "--set", f"checkpoint={ck}",
+                         "--max-new-tokens", "6", "--json"))
+    assert out["method"] == "dga" and 0 < out["results"][0]["num_tokens"] <= 6
