@@ -114,18 +114,19 @@ def _key(r):
 
 
 def test_rows_manifest_and_report(prompts_file, tmp_path):
-    cfg = toy_config(prompts_file, tmp_path / "run", methods=["base", "bon:n=3", "dga:steps=5", "dga:steps=5:beta=1"],
+    cfg = toy_config(prompts_file, tmp_path / "run", methods=["base", "bon:n=3", "dga:steps=5:particles=4",
+                                                                   "dga:steps=5:particles=4:beta=1"],
                      ppl_model="toy")
     path = run_bench(cfg, progress=False)
     rows = read_rows(path)
     assert len(rows) == 3 * 4 * 2 and len({_key(r) for r in rows}) == len(rows)
     assert not any(r["error"] for r in rows)
     by = {_key(r): r for r in rows}
-    base, bon, dga = by[(0, "base", 0)], by[(0, "bon:n=3", 0)], by[(0, "dga:steps=5", 0)]
+    base, bon, dga = by[(0, "base", 0)], by[(0, "bon:n=3", 0)], by[(0, "dga:steps=5:particles=4", 0)]
     assert base["kl"] == 0.0 and base["kl_bound"] is None and base["config"]["num_samples"] == 1
     assert bon["kl_bound"] == pytest.approx(math.log(3) - 2 / 3) and bon["kl"] is None
-    assert dga["kl"] is not None and dga["extras"]["grad"] == "fd"
-    assert by[(0, "dga:steps=5:beta=1", 0)]["beta"] == 1.0 and dga["beta"] == 4.0
+    assert dga["kl"] is not None and dga["extras"]["grad"] == "fd"  # exact mode: β·E[r] − log Ẑ
+    assert by[(0, "dga:steps=5:particles=4:beta=1", 0)]["beta"] == 1.0 and dga["beta"] == 4.0
     checked = 0
     for r in rows:  # the proxy is the toy reward of the completion; ppl under the toy = exp(−logp/token)
         assert r["proxy"] == pytest.approx((r["completion"].count("a") - 0.5 * r["completion"].count("c")) / 3)

@@ -36,8 +36,10 @@ def kl_to_base(method: str, cfg: SamplerConfig, samples: Samples) -> float | Non
     """log q(y) − log p_θ(y) of one answer where the sampler's log q is known, else None.
 
     Plain untruncated sampling at temperature 1 is the base itself (0); DGA reports
-    `extras["kl_base"]`, its rounding proposal's log q minus the untruncated base log-prob (the
-    mean over its particles when particles > 1). Averaged over answers this estimates KL(q ‖ p_θ).
+    `extras["kl_base"]`: in fast mode (k = 1, with a twist) the log-prob of its answers under the
+    twisted next-token law p_θ,m·e^ψ/Z that the chain targets, minus the untruncated base log-prob
+    (the chain's own marginal law is not available); in exact mode β·E[r] − log Ẑ, the KL of the
+    target p_r it samples.
     """
     if "kl_base" in samples.extras:
         return float(samples.extras["kl_base"])

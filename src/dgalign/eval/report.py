@@ -167,8 +167,9 @@ NOTES = f"""## How to read this
 - Means ± half-width of the 95% Student-t interval over rows (one row = one prompt × seed); a value
   without ± came from one row or is a set-level statistic.
 - **KL** is the mean of log q(y) − log p_θ(y) over answers where the sampler's log q is known: 0 for
-  plain sampling, DGA's rounding proposal (for particles > 1, the proposal's, not the resampled
-  output's). Best-of-N shows its bound `≤ log N − (N−1)/N` instead. Other methods: –.
+  plain sampling; for DGA fast mode (token blocks, with a twist) an estimate, log q taken under the
+  twisted next-token law p_θ,m·e^ψ/Z the chain targets; for DGA exact mode β·E[r] − log Ẑ.
+  Best-of-N shows its bound `≤ log N − (N−1)/N` instead. Other methods: –.
 - **logp/tok** is the base model's log-probability per answer token; **ppl** the perplexity of the
   answer after the prompt under the independent judge model (raw text, no chat template).
 - **distinct-n**: distinct word n-grams / all word n-grams over a method's answers; **self-BLEU**:

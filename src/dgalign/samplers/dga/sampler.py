@@ -70,10 +70,11 @@ class _Run:
     log_q: torch.Tensor  # (R,) log q of the whole answer
     base_lp: torch.Tensor  # (R,) log p_θ (untruncated) of the whole answer
     trunc_lp: torch.Tensor  # (R,) log p_θ truncated to the top-m
+    log_tilt: torch.Tensor  # (R,) Σ log of the twisted next-token law p_θ,m·e^ψ/Z the chain targets (k = 1)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.tokens = [list(self.tokens[i]) for i in index.tolist()]
-        for name in ("done", "psi_prev", "log_w", "log_q", "base_lp", "trunc_lp"):
+        for name in ("done", "psi_prev", "log_w", "log_q", "base_lp", "trunc_lp", "log_tilt"):
             setattr(self, name, getattr(self, name)[index])
 
 
@@ -138,7 +139,8 @@ def sample_dga(
     prompt_of_row = torch.arange(len(prompts)).repeat_interleave(cfg.num_samples * n_part)
     state = prefill(lm, prompts, cfg.num_samples * n_part)
     run = _Run([[] for _ in range(rows)], torch.zeros(rows, dtype=torch.bool), torch.zeros(rows),
-               torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows))
+               torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows))
+    tilt_known = cfg.block == 1 and value != "none"  # fast-mode KL estimate needs the twist at every token
     log_z = torch.zeros(answers)
     stats, resamples, ess_trace = RunningStats(), 0, []
     eos = torch.tensor(lm.eos_token_ids)
@@ -255,6 +257,8 @@ def sample_dga(
         kept = live[:, None] & (is_eos.cumsum(1) - is_eos == 0)  # (R, k): the answer ends at a block's first EOS
         if k == 1:
             psi_y = gather(psi, pick) if psi is not None else torch.zeros(rows)
+            if psi is not None:
+                run.log_tilt += torch.where(live, gather((cand.logp + psi).log_softmax(-1), pick), 0.0)
             block_lq, block_lp = gather(log_q_all, pick), gather(cand.logp, pick)
             block_base = gather(state.logits.float().log_softmax(-1), tok[:, 0])
         else:  # log p_θ(y_j | prefix ⊕ y_<j) needs the LM on y itself (the chain's last peek, when y is that block)
@@ -299,7 +303,12 @@ def sample_dga(
 
     texts = [lm.decode(t) for t in run.tokens]
     rewards = meter.score(reward, [prompts.texts[i] for i in prompt_of_row.tolist()], texts)
-    extras = {"grad": grad, "value": value, "kl_base": float((run.log_q - run.base_lp).mean())}
+    # KL(q ‖ p_θ): the rounding's log q(y | x̂_0) is conditional on the chain, not the law of the answers, so
+    # it is not used. Fast mode: log q ≈ Σ log of the twisted next-token law the chain targets (k = 1, with
+    # a twist). Exact mode: the answers follow p_r = p_θ,m·e^{βr}/Z, so KL ≈ β·E[r] − log Ẑ (below).
+    extras = {"grad": grad, "value": value}
+    if n_part == 1 and tilt_known:
+        extras["kl_base"] = float((run.log_tilt - run.base_lp).mean())
     if n_part == 1:
         keep = torch.arange(rows)
         out_log_z = None
@@ -315,7 +324,8 @@ def sample_dga(
         out_log_z = log_mean_exp(run_log_z.view(len(prompts), cfg.num_samples))
         extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1),
                       final_ess=float(ess(lw).mean()),
-                      kl_target=float((run.log_q - run.trunc_lp - cfg.beta * rewards).mean() + out_log_z.mean()))
+                      kl_target=float((run.log_q - run.trunc_lp - cfg.beta * rewards).mean() + out_log_z.mean()),
+                      kl_base=float(cfg.beta * rewards[keep].mean() - out_log_z.mean()))
     idx = keep.tolist()
     return pack(lm, meter, [int(prompt_of_row[i]) for i in idx], [run.tokens[i] for i in idx], rewards[keep],
                 run.base_lp[keep], [texts[i] for i in idx], log_z=out_log_z, extras=extras)
