@@ -142,7 +142,9 @@ def test_rows_manifest_and_report(prompts_file, tmp_path):
     report = write_report(tmp_path / "run")
     text = report.read_text()
     assert "| `bon:n=3` |" in text and "≤ 0.432" in text  # log 3 − 2/3 = 0.432
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["toy-prompts"]
+    raw = (tmp_path / "run" / "summary.json").read_text()
+    assert "NaN" not in raw  # strict JSON: statistics without data are null (bon's KL here)
+    summary = json.loads(raw)["toy-prompts"]
     assert summary["methods"]["base"]["proxy"]["n"] == 6
     proxies = [r["proxy"] for r in rows if r["method"] == "bon:n=3"]
     assert summary["methods"]["bon:n=3"]["proxy"]["mean"] == pytest.approx(sum(proxies) / len(proxies))

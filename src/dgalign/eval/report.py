@@ -325,6 +325,17 @@ def write_report(run_dir: str | Path) -> Path:
             f"{machine['memory_gb']} GB{', ' + machine['cuda'] if machine.get('cuda') else ''} · "
             f"started {first['started']}\n")
     text = "\n".join([head, *sections, NOTES])
-    write_atomic(run / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    write_atomic(run / "summary.json", json.dumps(_nan_to_null(summary), indent=1, default=str, allow_nan=False) + "\n")
     write_atomic(run / "report.md", text)
     return run / "report.md"
+
+
+def _nan_to_null(x):
+    """NaN (a statistic with no data) or ±inf as JSON null: strict JSON has neither."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_null(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_nan_to_null(v) for v in x]
+    return x
