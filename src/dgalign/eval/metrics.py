@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..samplers.bon import bon_kl_bound  # noqa: F401  (re-exported: the report draws the bound curve)
 from ..types import LM, SamplerConfig, Samples
 
 # Energy estimate: CPU seconds (user + system, all threads) × this wattage. 10 W is one busy core of
@@ -27,11 +28,6 @@ BERTSCORE_LAYER = 6
 
 
 # -- drift from the base model --------------------------------------------------------------------
-def bon_kl_bound(n: int) -> float:
-    """KL(best-of-n ‖ p_θ) ≤ log n − (n − 1)/n (Beirami et al. 2024, Theorem 1)."""
-    return math.log(n) - (n - 1) / n
-
-
 def kl_to_base(method: str, cfg: SamplerConfig, samples: Samples) -> float | None:
     """log q(y) − log p_θ(y) of one answer where the sampler's log q is known, else None.
 

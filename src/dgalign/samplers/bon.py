@@ -38,4 +38,9 @@ def sample_bon(
     pool = draw_pool(lm, reward, prompts, cfg, cfg.n, meter, generator=generator, callback=callback)
     best = pool.rewards.view(groups, cfg.n).argmax(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
     return pack_rows(lm, meter, pool, best,
-                     extras={"kl_bound": math.log(cfg.n) - (cfg.n - 1) / cfg.n, "candidates": cfg.n})
+                     extras={"kl_bound": bon_kl_bound(cfg.n), "candidates": cfg.n})
+
+
+def bon_kl_bound(n: int) -> float:
+    """KL(best-of-n ‖ p_θ) ≤ log n − (n − 1)/n (Beirami et al. 2024, Theorem 1)."""
+    return math.log(n) - (n - 1) / n

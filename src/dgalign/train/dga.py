@@ -156,7 +156,7 @@ def _noised(t: Tuples, idx: torch.Tensor, emb: torch.Tensor, abars: torch.Tensor
 
 
 def phi_loss(nets: DGANets, t: Tuples, idx, emb, abars, alpha: float, gen,
-             alpha_contrast: float = 1.0) -> tuple[torch.Tensor, dict]:
+             alpha_contrast: float = TrainConfig.alpha_contrast) -> tuple[torch.Tensor, dict]:
     """L_φ = ‖μ_φ − μ̃‖² (per dimension) + α·(r_φ − r̃)² + α_c·(candidate contrasts) on one minibatch."""
     cand, x0, t_frac, x_t, a_t, a_prev = _noised(t, idx, emb, abars, gen)
     h = t.hidden[idx]
@@ -293,7 +293,7 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
     for ax, key, title in zip(axes, ["denoiser", "value", "contrast", "psi"],
                               ["L_φ denoiser ‖μ_φ − μ̃‖²", "L_φ value (r_φ − r̃)²", "L_φ contrasts (r_φ(e_v) − Q̃_v)²",
                                "L_ψ proposal"], strict=True):
-        ax.plot(losses.get(key, []))
+        ax.plot(losses[key])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_yscale("log")

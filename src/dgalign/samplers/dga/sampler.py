@@ -140,7 +140,6 @@ def sample_dga(
     state = prefill(lm, prompts, cfg.num_samples * n_part)
     run = _Run([[] for _ in range(rows)], torch.zeros(rows, dtype=torch.bool), torch.zeros(rows),
                torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows))
-    tilt_known = cfg.block == 1 and value != "none"  # fast-mode KL estimate needs the twist at every token
     log_z = torch.zeros(answers)
     stats, resamples, ess_trace = RunningStats(), 0, []
     eos = torch.tensor(lm.eos_token_ids)
@@ -167,8 +166,7 @@ def sample_dga(
         if value == "learned":  # the head at t = 0 on the last kept token, read at the prefix before it
             at = torch.arange(rows), (kept.sum(1) - 1).clamp(min=0)
             h = torch.cat([state.hidden[:, None], hidden], 1)[at]
-            return cfg.beta * (nets.value.clean(tok[at], emb[tok[at]], h, torch.arange(rows)) * nets.value.std
-                                + nets.value.mean)
+            return cfg.beta * nets.value.units(nets.value.clean(tok[at], emb[tok[at]], h, torch.arange(rows)))
         if value == "exact":
             inverse, rep = _distinct(groups, tok)
             return exact_value([(*run.tokens[r], *tok[r].tolist()) for r in rep]).float()[inverse]
@@ -307,9 +305,9 @@ def sample_dga(
     # it is not used. Fast mode: log q ≈ Σ log of the twisted next-token law the chain targets (k = 1, with
     # a twist). Exact mode: the answers follow p_r = p_θ,m·e^{βr}/Z, so KL ≈ β·E[r] − log Ẑ (below).
     extras = {"grad": grad, "value": value}
-    if n_part == 1 and tilt_known:
-        extras["kl_base"] = float((run.log_tilt - run.base_lp).mean())
     if n_part == 1:
+        if cfg.block == 1 and value != "none":  # the twist was known at every token
+            extras["kl_base"] = float((run.log_tilt - run.base_lp).mean())
         keep = torch.arange(rows)
         out_log_z = None
     else:  # final correction β·r − ψ(final)

@@ -48,9 +48,13 @@ class ValueHead(nn.Module):
         pre = x @ w[:, :d].T + (h.float() @ w[:, d:d + dh].T)[index] + time_features(t) @ w[:, d + dh:].T + first.bias
         return self.net[1:](pre).squeeze(-1)
 
+    def units(self, z: torch.Tensor) -> torch.Tensor:
+        """A standardised prediction in the reward's own units."""
+        return z * self.std + self.mean
+
     def reward(self, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Predicted reward in the reward's own units."""
-        return self(x, t, h) * self.std + self.mean
+        return self.units(self(x, t, h))
 
     def clean(self, ids: torch.Tensor, emb: torch.Tensor, h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Standardised r_φ of clean tokens `ids` (N,) with embeddings `emb` (N, D) at hidden states h[index]."""
@@ -61,7 +65,7 @@ class ValueHead(nn.Module):
         b, m, d = cand.emb.shape
         index = torch.arange(b, device=h.device).repeat_interleave(m)
         flat = self.clean(cand.ids.reshape(-1), cand.emb.reshape(b * m, d), h, index)
-        return (flat * self.std + self.mean).view(b, m)
+        return self.units(flat).view(b, m)
 
 
 class ExactToyValue:
