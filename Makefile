@@ -3,9 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DGALIGN := $(VENV)/bin/dgalign
-DEMO_PROMPT ?= Someone online just insulted my cooking. Write me a reply to them.
 
-.PHONY: setup demo test test-all bench-decode clean
+.PHONY: setup demo test test-seeds test-all calibrate bench-decode clean
 
 setup: $(VENV)/.installed
 
@@ -19,12 +18,20 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(DGALIGN) generate "$(DEMO_PROMPT)" --method base --reward toxicity --max-new-tokens 48 --seed 0
-	$(DGALIGN) generate "$(DEMO_PROMPT)" --method bon --set n=4 --reward toxicity --max-new-tokens 48 --seed 0
+	$(DGALIGN) demo
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+# the statistical tests again with shifted seeds: a tolerance that only holds on a lucky seed fails here
+STAT_TESTS := tests/test_claims.py tests/test_samplers_exact.py tests/test_baselines_exact.py tests/test_dga.py tests/test_langevin_refine.py
+test-seeds: setup
+	DGALIGN_TEST_SEED_OFFSET=1000 $(PY) -m pytest -q -m 'not slow and not integration' $(STAT_TESTS)
+
+# every exactness claim over 20 seeds: the worst margin (README "Tests")
+calibrate: setup
+	$(PY) benchmarks/calibrate_tests.py --seeds 20
 
 test-all: setup
 	$(PY) -m pytest -q -m ''

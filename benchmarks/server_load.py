@@ -3,6 +3,7 @@
 Starts a server on a free loopback port (or uses `--url`, loopback only), runs C concurrent
 clients x R sequential chat requests each (short answers), and reports throughput (requests/s,
 completion tokens/s), p50/p99 latency, the mean prompts per sampler call, and errors (must be 0).
+A 429 (the server's queue is full, `--max-queue`) is retried after its Retry-After and counted.
 Without `--url` it runs twice, `--max-batch 16` then `--max-batch 1`, and prints the ratio.
 
     python benchmarks/server_load.py [--model smollm2-135m-instruct | toy] [--clients 16] [--requests 8]
@@ -98,8 +99,10 @@ async def load(url: str, clients: int, requests: int, max_tokens: int, timeout: 
         )
         latencies: list[float] = []
         tokens, batches, errors = [], [], []
+        rate_limited = 0
 
         async def client(c: int) -> None:
+            nonlocal rate_limited
             for r in range(requests):
                 body = {
                     "model": model,
@@ -109,6 +112,10 @@ async def load(url: str, clients: int, requests: int, max_tokens: int, timeout: 
                 start = time.perf_counter()
                 try:
                     resp = await http.post("/v1/chat/completions", json=body)
+                    while resp.status_code == 429:  # queue full: wait as told, then ask again
+                        rate_limited += 1
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                        resp = await http.post("/v1/chat/completions", json=body)
                 except httpx.HTTPError as err:
                     errors.append(type(err).__name__)
                     continue
@@ -132,6 +139,7 @@ async def load(url: str, clients: int, requests: int, max_tokens: int, timeout: 
         "requests": done,
         "errors": clients * requests - done,  # failed or never finished
         "error_samples": errors[:3],
+        "rate_limited": rate_limited,  # 429s retried (included in the latency of their request)
         "wall_s": round(wall, 2),
         "requests_per_s": round(done / wall, 2),
         "tokens_per_s": round(sum(tokens) / wall, 1),
@@ -190,7 +198,7 @@ def main() -> None:
             print(
                 f"  {name:<30} {r['requests_per_s']:7.2f} req/s  {r['tokens_per_s']:8.1f} tok/s  "
                 f"p50 {r['p50_latency_s']:.2f} s  p99 {r['p99_latency_s']:.2f} s  "
-                f"mean batch {r['mean_batch_prompts']}  errors {r['errors']}"
+                f"mean batch {r['mean_batch_prompts']}  errors {r['errors']}  429s {r['rate_limited']}"
             )
         if "throughput_ratio" in result:
             print(f"  throughput ratio (on / off): {result['throughput_ratio']:.2f}x")

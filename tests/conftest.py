@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dgalign.lm import ToyLM
+from seeds import OFFSET
 
 
 @pytest.fixture(scope="session")
@@ -11,4 +12,10 @@ def toy():
 
 @pytest.fixture
 def gen():
-    return torch.Generator().manual_seed(1234)
+    return torch.Generator().manual_seed(1234 + OFFSET)
+
+
+@pytest.fixture(scope="session")
+def seed_offset():
+    """Added to the seeds of the statistical tests (tests/seeds.py)."""
+    return OFFSET

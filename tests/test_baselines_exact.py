@@ -1,4 +1,4 @@
-"""The baselines soft-bon, smc, qalign and args held to the exact tilted law of the toy LM.
+"""The baselines soft-bon, smc, qalign and args on the toy LM (their exactness claims: test_claims.py).
 
 The default suite runs a few thousand samples per check; the full 20 000-sample versions that the
 acceptance numbers quote are marked slow (`pytest -m slow tests/test_baselines_exact.py -s`).
@@ -19,13 +19,14 @@ from dgalign.samplers.qalign import QAlignConfig, sample_qalign
 from dgalign.samplers.smc import SMCConfig, sample_smc
 from dgalign.smc_math import ess, log_mean_exp, normalise, resample
 from dgalign.types import Prompts
+from seeds import OFFSET
 
 PROMPT = "ab"
 
 
 def report(res: dict) -> dict:
     """Print the numbers a run reached (shown with -s) and hand them back."""
-    keys = ("method", "beta", "samples", "tv", "tv_floor", "kl", "log_z", "exact_log_z", "reward", "exact_reward")
+    keys = ("method", "beta", "samples", "tv", "tv_floor", "tv_tol", "kl", "log_z", "exact_log_z", "reward", "exact_reward")
     print(json.dumps({k: res[k] for k in keys}))
     return res
 
@@ -66,30 +67,6 @@ def test_unknown_resampling_scheme_is_a_clear_error():
 
 
 # -- smc -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("beta", [1.0, 4.0])
-def test_smc_matches_target_and_log_z(beta):
-    res = report(run_exact("smc", beta=beta, samples=2000, overrides={"particles": "64"}))
-    assert res["tv"] <= res["tv_floor"] + 0.03
-    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
-    # the check can fail: the base law is far from the strongly tilted target
-    if beta == 4.0:
-        assert report(run_exact("base", beta=beta, samples=2000))["tv"] > res["tv_floor"] + 0.2
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"twist": "none"},  # a plain particle filter: only the final β·r weight
-        {"temperature": "0.6"},  # a tempered proposal: weights carry log p − log q
-        {"resampling": "multinomial", "ess_threshold": "1.01"},  # resample at every token
-    ],
-)
-def test_smc_variants_stay_exact(overrides):
-    res = report(run_exact("smc", beta=1.0, samples=2000, overrides={"particles": "64", **overrides}))
-    assert res["tv"] <= res["tv_floor"] + 0.03
-    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
-
-
 def test_smc_resamples_and_accounts(toy):
     prompts = Prompts.encode(toy, [PROMPT, "ca"])
     cfg = SMCConfig(max_new_tokens=3, num_samples=50, beta=4.0, particles=16)
@@ -111,17 +88,9 @@ def test_smc_unknown_twist(toy):
 
 
 # -- qalign --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("beta", [1.0, 4.0])
-def test_qalign_matches_target(beta):
-    res = report(run_exact("qalign", beta=beta, samples=2000, overrides={"steps": "64"}))
-    assert res["tv"] <= res["tv_floor"] + 0.03
-
-
-def test_qalign_tempered_proposal_is_corrected():
-    # with temperature 0.6 the proposal is far from p_θ; the p/q terms keep the chain on p_r
-    res = report(run_exact("qalign", beta=1.0, samples=2000, overrides={"steps": "64", "temperature": "0.6"}))
-    assert res["tv"] <= res["tv_floor"] + 0.03
-    assert report(run_exact("base", beta=1.0, samples=2000, overrides={"temperature": "0.6"}))["tv"] > 0.1
+def test_qalign_tempered_base_is_far_from_the_target():
+    # the claim `qalign-tempered` holds the corrected chain to p_r; uncorrected tempered sampling is far off
+    assert report(run_exact("base", seed=OFFSET, beta=1.0, samples=2000, overrides={"temperature": "0.6"}))["tv"] > 0.1
 
 
 def test_qalign_accounting_and_acceptance(toy):
@@ -137,18 +106,16 @@ def test_qalign_accounting_and_acceptance(toy):
 
 # -- soft-bon ------------------------------------------------------------------------------------
 def test_soft_bon_approaches_target_as_n_grows():
-    small = report(run_exact("soft-bon", beta=4.0, samples=5000, overrides={"n": "4"}))
-    large = report(run_exact("soft-bon", beta=4.0, samples=5000, overrides={"n": "64"}))
-    assert large["tv"] < small["tv"] - 0.1
-    assert large["tv"] <= large["tv_floor"] + 0.06
-    assert abs(large["log_z"] - large["exact_log_z"]) <= 0.05
+    small = report(run_exact("soft-bon", seed=OFFSET, beta=4.0, samples=5000, overrides={"n": "4"}))
+    large = report(run_exact("soft-bon", seed=OFFSET, beta=4.0, samples=5000, overrides={"n": "64"}))
+    assert large["tv"] < small["tv"] - 0.1  # n = 64 itself is held to p_r by the claim `soft-bon-64`
 
 
 # -- args ----------------------------------------------------------------------------------------
 def test_args_is_biased():
-    res = report(run_exact("args", beta=4.0, samples=5000, overrides={"mode": "sample"}))
-    assert res["tv"] > res["tv_floor"] + 0.05
-    assert res["reward"] > report(run_exact("base", beta=4.0, samples=5000))["reward"]  # but it does steer
+    res = report(run_exact("args", seed=OFFSET, beta=4.0, samples=5000, overrides={"mode": "sample"}))
+    assert res["tv"] > res["tv_tol"] + 0.05
+    assert res["reward"] > report(run_exact("base", seed=OFFSET, beta=4.0, samples=5000))["reward"]  # but it does steer
 
 
 def test_args_greedy_and_reward_calls(toy):
@@ -186,27 +153,12 @@ def test_methods_listed(monkeypatch, capsys):
         assert sampler.__name__ == "sample_" + name.replace("-", "_") and cfg.beta == 1.0
 
 
-# -- the full-size acceptance runs (slow) --------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("beta", [1.0, 4.0])
-def test_smc_full(beta):
-    res = report(run_exact("smc", beta=beta, samples=20_000, overrides={"particles": "64"}))
-    assert res["tv"] <= res["tv_floor"] + 0.03
-    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("beta", [1.0, 4.0])
-def test_qalign_full(beta):
-    res = report(run_exact("qalign", beta=beta, samples=20_000, overrides={"steps": "64"}))
-    assert res["tv"] <= res["tv_floor"] + 0.03
-
-
+# -- the full-size runs (slow; the exact samplers' full-size claims are in test_claims.py) ---------
 @pytest.mark.slow
 def test_soft_bon_and_args_full():
-    small = report(run_exact("soft-bon", beta=4.0, samples=20_000, overrides={"n": "4"}))
-    large = report(run_exact("soft-bon", beta=4.0, samples=20_000, overrides={"n": "64"}))
+    small = report(run_exact("soft-bon", seed=OFFSET, beta=4.0, samples=20_000, overrides={"n": "4"}))
+    large = report(run_exact("soft-bon", seed=OFFSET, beta=4.0, samples=20_000, overrides={"n": "64"}))
     assert large["tv"] < small["tv"] - 0.1
     for mode in ("sample", "greedy"):
-        res = report(run_exact("args", beta=4.0, samples=20_000, overrides={"mode": mode}))
-        assert res["tv"] > res["tv_floor"] + 0.05
+        res = report(run_exact("args", seed=OFFSET, beta=4.0, samples=20_000, overrides={"mode": mode}))
+        assert res["tv"] > res["tv_tol"] + 0.05

@@ -43,8 +43,63 @@ def test_generate_json_on_toy(monkeypatch, capsys):
     assert obj["model"] == "toy" and obj["method"] == "bon"
     assert [r["prompt"] for r in obj["results"]] == ["ab", "ab", "ca", "ca"]
     assert set(obj["results"][0]) == {"prompt", "completion", "reward", "num_tokens"}
-    assert set(obj["cost"]) == {"wall_s", "lm_forward_tokens", "reward_calls", "tokens_per_s", "peak_rss_mb"}
-    assert obj["cost"]["reward_calls"] == 12  # 2 prompts x 2 samples x n=3
+    assert set(obj["cost"]) == {"wall_s", "lm_forward_tokens", "reward_calls", "tokens_per_s", "peak_rss_mb", "setup"}
+    assert set(obj["cost"]["setup"]) == {"load_s", "reward_load_s", "warmup_s"}
+    assert obj["cost"]["reward_calls"] == 12  # 2 prompts x 2 samples x n=3 (the setup's reward call is not counted)
+
+
+SLOW_REWARD = """
+import time
+
+import torch
+
+
+class SlowToLoad:
+    '''A reward whose first call takes {delay} s, as a lazily loaded reward model does.'''
+
+    def __init__(self):
+        self.loaded = False
+
+    def __call__(self, prompts, completions):
+        if not self.loaded:
+            time.sleep({delay})
+            self.loaded = True
+        return torch.zeros(len(completions))
+"""
+
+
+def test_generate_times_setup_apart_from_generation(monkeypatch, capsys, tmp_path):
+    """The reward's first load, the LM load and the warm-up are reported as setup; wall_s is generation only."""
+    (tmp_path / "slow_reward.py").write_text(SLOW_REWARD.format(delay=0.5))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["generate", "ab", "--model", "toy", "--reward", "slow_reward:SlowToLoad", "--max-new-tokens", "3"]
+    code, out, _ = run(monkeypatch, capsys, *args, "--json")
+    assert code == 0
+    cost = json.loads(out)["cost"]
+    assert cost["setup"]["reward_load_s"] >= 0.5
+    assert cost["wall_s"] < 0.25 and cost["tokens_per_s"] > 0  # the 0.5 s load is not generation time
+    assert cost["setup"]["load_s"] >= 0 and cost["setup"]["warmup_s"] >= 0
+    code, out, _ = run(monkeypatch, capsys, *args)
+    assert code == 0 and "setup: load " in out and "· reward load 0.5 s · warm-up " in out
+
+
+def test_prepare_times_each_part(toy):
+    import time
+
+    from dgalign.cost import format_setup, prepare, timed
+    from dgalign.types import Prompts
+
+    calls = []
+    lm, load_s = timed(lambda: time.sleep(0.05) or toy)
+    assert lm is toy and load_s >= 0.05
+    tokens = toy.forward_tokens
+    setup = prepare(lm, lambda p, c: calls.append((p, c)) or [0.0] * len(c), prompts=Prompts.encode(toy, ["ab"]),
+                    load_s=load_s)
+    assert set(setup) == {"load_s", "reward_load_s", "warmup_s"} and setup["load_s"] == round(load_s, 4)
+    assert calls == [(["ab"], ["warm-up"])]  # each reward once, on the first prompt
+    assert toy.forward_tokens == tokens + 3  # the warm-up: a 2-token prefill and one decode step
+    line = format_setup({"load_s": 2.34, "reward_load_s": 1.06, "warmup_s": 0.41})
+    assert line == "setup: load 2.3 s · reward load 1.1 s · warm-up 0.4 s"
 
 
 def test_generate_human_output(monkeypatch, capsys):

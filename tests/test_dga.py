@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from dgalign.eval.claims import KL_CLAIMS, check_kl
 from dgalign.eval.exact import run_exact, toy_reward
 from dgalign.lm import ToyLM
 from dgalign.samplers.dga.checkpoint import DGANets
@@ -12,6 +13,7 @@ from dgalign.samplers.dga.denoiser import Candidates, candidates, ddpm_mean_var,
 from dgalign.samplers.dga.schedule import RunningStats, adaptive_beta, alpha_bars, base_betas
 from dgalign.train.dga import TrainConfig, Tuples, _score_picks, contrast_loss, phi_loss, psi_loss, train_dga
 from dgalign.types import Prompts
+from seeds import OFFSET
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -63,36 +65,14 @@ def test_adaptive_schedule_and_running_stats():
     assert torch.isclose(betas[2], torch.tensor(0.1 * math.exp(-1.0), dtype=torch.float64))  # clipped at 2
 
 
-def _check(res, slack):
-    assert res["tv"] <= res["tv_floor"] + slack, res
+# exact mode (with the exact twist, without a twist, sentence level) and fast mode are held to p_r by
+# the claims `dga-*` in test_claims.py, each at a tolerance from its own noise
 
 
-@pytest.mark.parametrize("beta", [1.0, 4.0])
-def test_exact_mode_matches_target_with_exact_twist(beta):
-    res = run_exact("dga", beta=beta, samples=600, seed=1, overrides={"particles": "64", "value": "exact"})
-    _check(res, 0.03)
-    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
-
-
-def test_fast_mode_with_exact_twist():
-    res = run_exact("dga", beta=4.0, samples=4000, seed=2, overrides={"value": "exact"})
-    _check(res, 0.03)
-    base = run_exact("base", beta=4.0, samples=4000, seed=2)
-    assert base["tv"] > res["tv"] + 0.3  # the guidance is doing the work
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("beta", [1.0, 4.0])
-def test_exact_mode_without_twist_corrects_anyway(beta):
-    res = run_exact("dga", beta=beta, samples=2000, seed=3, overrides={"particles": "64", "value": "none"})
-    _check(res, 0.03)
-    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
-
-
-def test_zero_twist_exact_mode_quick():
-    """The default-suite version of the slow test: fewer samples, same claim at a looser floor."""
-    res = run_exact("dga", beta=1.0, samples=300, seed=3, overrides={"particles": "32", "value": "none"})
-    _check(res, 0.04)
+def test_fast_mode_guidance_does_the_work():
+    res = run_exact("dga", beta=4.0, samples=4000, seed=2 + OFFSET, overrides={"value": "exact"})
+    base = run_exact("base", beta=4.0, samples=4000, seed=2 + OFFSET)
+    assert base["tv"] > res["tv"] + 0.3
 
 
 def _toy_tuples(lm, n_prompts=6, rollouts=32):
@@ -187,11 +167,11 @@ def test_train_command_writes_a_checkpoint_that_round_trips_and_helps(tmp_path):
     values = loaded.value.candidates(cand, state.hidden)[0]
     by_token = dict(zip(cand.ids[0].tolist(), values.tolist(), strict=True))
     assert by_token[0] > by_token[2]
-    trained = run_exact("dga", beta=4.0, samples=2000, seed=4, overrides={"checkpoint": str(tmp_path / "ck")})
-    base = run_exact("base", beta=4.0, samples=2000, seed=4)
+    trained = run_exact("dga", beta=4.0, samples=2000, seed=4 + OFFSET, overrides={"checkpoint": str(tmp_path / "ck")})
+    base = run_exact("base", beta=4.0, samples=2000, seed=4 + OFFSET)
     assert trained["reward"] > base["reward"] + 0.05
     # the per-position nets serve blocks too: sentence level reads each position's peeked hidden state
-    sentence = run_exact("dga", beta=4.0, samples=2000, seed=4, overrides={"checkpoint": str(tmp_path / "ck"),
+    sentence = run_exact("dga", beta=4.0, samples=2000, seed=4 + OFFSET, overrides={"checkpoint": str(tmp_path / "ck"),
                                                                            "block": "3"})
     assert sentence["reward"] > base["reward"] + 0.05
 
@@ -219,15 +199,15 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
 
 def test_grad_estimators_run_and_checkpoint_is_required_where_needed(tmp_path):
     for grad in ["analytic", "perturb", "none"]:
-        res = run_exact("dga", beta=4.0, samples=300, overrides={"value": "exact", "grad": grad})
+        res = run_exact("dga", seed=OFFSET, beta=4.0, samples=300, overrides={"value": "exact", "grad": grad})
         assert 0 <= res["tv"] <= 1
-    res = run_exact("dga", beta=4.0, samples=300, overrides={"value": "exact", "init": "draft",
+    res = run_exact("dga", seed=OFFSET, beta=4.0, samples=300, overrides={"value": "exact", "init": "draft",
                                                              "adaptive_lambda": "0.5"})
     assert 0 <= res["tv"] <= 1
     from dgalign.errors import DGAlignError
 
     with pytest.raises(DGAlignError, match="checkpoint"):
-        run_exact("dga", samples=10, overrides={"grad": "proposal"})
+        run_exact("dga", seed=OFFSET, samples=10, overrides={"grad": "proposal"})
 
 
 # -- blocks of k > 1 tokens (token-vs-sentence ablation) -------------------------------------------
@@ -288,16 +268,9 @@ def test_blocks_run_and_keep_their_books(toy, block):
     assert out.cost.lm_forward_tokens >= 200 * 10 * (block - 1)
 
 
-def test_exact_mode_sentence_level_matches_target():
-    res = run_exact("dga", beta=4.0, samples=600, seed=1,
-                    overrides={"particles": "64", "value": "exact", "block": "3", "top_m": "0"})
-    _check(res, 0.03)
-    assert abs(res["log_z"] - res["exact_log_z"]) <= 0.05
-
-
 def test_fast_mode_blocks_raise_reward_over_base():
-    res = run_exact("dga", beta=4.0, samples=1000, seed=2, overrides={"value": "exact", "block": "2"})
-    base = run_exact("base", beta=4.0, samples=1000, seed=2)
+    res = run_exact("dga", beta=4.0, samples=1000, seed=2 + OFFSET, overrides={"value": "exact", "block": "2"})
+    base = run_exact("base", beta=4.0, samples=1000, seed=2 + OFFSET)
     assert res["reward"] > base["reward"] + 0.3 and res["tv"] < base["tv"] - 0.3
 
 
@@ -306,18 +279,18 @@ def test_block_options_run_and_truncated_exact_blocks_are_refused():
 
     for extra in [{"init": "draft"}, {"grad": "perturb"}, {"value": "none"}, {"particles": "8", "value": "none",
                                                                                 "top_m": "0"}]:
-        res = run_exact("dga", beta=4.0, samples=100, overrides={"value": "exact", "block": "2", **extra})
+        res = run_exact("dga", seed=OFFSET, beta=4.0, samples=100, overrides={"value": "exact", "block": "2", **extra})
         assert 0 <= res["tv"] <= 1
     with pytest.raises(DGAlignError, match="top_m=0"):
-        run_exact("dga", samples=10, overrides={"particles": "4", "value": "exact", "block": "2", "top_m": "2"})
+        run_exact("dga", seed=OFFSET, samples=10, overrides={"particles": "4", "value": "exact", "block": "2", "top_m": "2"})
     with pytest.raises(DGAlignError, match="block"):
-        run_exact("dga", samples=10, overrides={"block": "0"})
+        run_exact("dga", seed=OFFSET, samples=10, overrides={"block": "0"})
 
 
 def test_adaptive_schedule_keeps_chains_ending_clean():
     """λ > 0 modulates the step sizes but every row still reaches ᾱ_1 before rounding: no collapse."""
-    res = run_exact("dga", beta=4.0, samples=600, seed=5, overrides={"value": "exact", "adaptive_lambda": "0.5"})
-    base = run_exact("base", beta=4.0, samples=600, seed=5)
+    res = run_exact("dga", beta=4.0, samples=600, seed=5 + OFFSET, overrides={"value": "exact", "adaptive_lambda": "0.5"})
+    base = run_exact("base", beta=4.0, samples=600, seed=5 + OFFSET)
     assert res["tv"] < 0.3 and res["reward"] > base["reward"] + 0.3
     abars = alpha_bars(base_betas("cosine", 10))
     from dgalign.samplers.dga.schedule import adaptive_abar_prev
@@ -353,17 +326,10 @@ def test_train_tiny_on_the_embedded_model_then_generate(tmp_path, monkeypatch, c
     assert out["method"] == "dga" and 0 < out["results"][0]["num_tokens"] <= 6
 
 
-@pytest.mark.parametrize("particles", [1, 64])
-def test_kl_estimate_matches_the_exact_kl_of_the_target(particles):
+@pytest.mark.parametrize("claim", KL_CLAIMS, ids=lambda c: c.name)
+def test_kl_estimate_matches_the_exact_kl_of_the_target(claim):
     """Fast mode (log q under the twisted next-token law) and exact mode (β·E[r] − log Ẑ) both estimate
-    KL(p_r ‖ p_θ) = β·E_{p_r}[r] − log Z when the twist is exact (fast mode's answers run slightly hot at
-    T = 30, +0.05 in reward, hence the tolerance; the rounding's conditional log q read 0 per token)."""
-    from dgalign.samplers.dga.sampler import DGAConfig, sample_dga
-
-    ref = run_exact("base", beta=4.0, samples=10, seed=0)
-    exact_kl = 4.0 * ref["exact_reward"] - ref["exact_log_z"]
-    toy = ToyLM()
-    cfg = DGAConfig(max_new_tokens=toy.max_new_tokens, num_samples=1500 if particles == 1 else 400, beta=4.0,
-                    value="exact", particles=particles)
-    out = sample_dga(toy, toy_reward, Prompts.encode(toy, ["ab"]), cfg, generator=torch.Generator().manual_seed(0))
-    assert out.extras["kl_base"] == pytest.approx(exact_kl, abs=0.25)
+    KL(p_r ‖ p_θ) = β·E_{p_r}[r] − log Z when the twist is exact, within their noise and stated bias
+    (fast mode's answers run slightly hot at T = 30; the rounding's conditional log q read 0 per token)."""
+    res = check_kl(claim, OFFSET)
+    assert res["kl_margin"] >= 0, res

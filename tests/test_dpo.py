@@ -11,8 +11,9 @@ import json
 import pytest
 import torch
 
+from dgalign.data import read_pair_rows
 from dgalign.errors import DGAlignError
-from dgalign.train.dpo import DPOTrainConfig, read_jsonl, split_hh, to_example, train_dpo
+from dgalign.train.dpo import DPOTrainConfig, split_hh, to_example, train_dpo
 
 GOOD, BAD = "Yes, gladly.", "No. Go away now."
 TOPICS = ["cats", "rain", "tea", "maps", "bread", "jazz", "moss", "kites", "clocks", "owls", "salt", "ferns"]
@@ -75,7 +76,7 @@ def test_real_hh_file_format():
     path = Path("/work/shared/datasets/hh_harmless.jsonl.gz")
     if not path.exists():
         pytest.skip("the HH-RLHF harmless file is not here")
-    rows = read_jsonl(path)
+    rows = read_pair_rows(path)
     assert set(rows[0]) == {"chosen", "rejected"}
     assert sum(split_hh(r["chosen"], r["rejected"]) is not None for r in rows[:200]) >= 190
 

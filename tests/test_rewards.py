@@ -1,6 +1,7 @@
 """Built-in rewards score fixed texts in the right order; reward specs parse, combine and fail clearly."""
 
 import importlib.util
+import sys
 import textwrap
 
 import pytest
@@ -193,8 +194,18 @@ def test_unknown_name_lists_the_valid_ones():
         ("toxicity,", "empty term"),
         ("toxicity::1", "'::' is not valid"),
         ("toxicity:", "':' needs a reward before it"),
-        ("toxicity@high", "the weight after '@' must be a number, got 'high'"),
-        ("toxicity:1.2.3", "neither NAME:WEIGHT"),
+        ("toxicity@high", "reward weight for 'toxicity' must be a finite number, got 'high'"),
+        ("toxicity:1.2.3", "reward weight for 'toxicity' must be a finite number, got '1.2.3'"),
+        ("mypkg:1.2.3", "neither NAME:WEIGHT"),
+        ("toxicity:nan", "reward weight for 'toxicity' must be a finite number, got 'nan'"),
+        ("toxicity:inf", "reward weight for 'toxicity' must be a finite number, got 'inf'"),
+        ("toxicity:-inf", "reward weight for 'toxicity' must be a finite number, got '-inf'"),
+        ("toxicity:abc", "reward weight for 'toxicity' must be a finite number, got 'abc'"),
+        ("toxicity:1e999", "reward weight for 'toxicity' must be a finite number, got '1e999'"),
+        ("sentiment@nan", "reward weight for 'sentiment' must be a finite number, got 'nan'"),
+        ("length(target=5):nan", "reward weight for 'length(target=5"),
+        ("dgalign.eval.exact:toy_reward:inf", "reward weight for 'dgalign.eval.exact:toy_reward' must be a finite"),
+        ("dgalign.eval.exact:toy_reward@abc", "reward weight for 'dgalign.eval.exact:toy_reward' must be a finite"),
         (":2", "no reward is named"),
         ("length(target=20", "parameters go in one"),
         ("length(target=20)x", "parameters go in one"),
@@ -210,6 +221,20 @@ def test_malformed_specs_say_what_is_wrong(spec, message):
     with pytest.raises(DGAlignError, match=message.replace("(", r"\(").replace("[", r"\[")) as info:
         get_reward(spec)
     assert not isinstance(info.value, UnknownNameError)
+
+
+def test_a_module_named_like_a_reward_is_still_module_attr(tmp_path, monkeypatch):
+    """After a reward's name, ':' and a word is a bad weight, unless a module of that name can be imported."""
+    with pytest.raises(DGAlignError, match="reward weight for 'length' must be a finite number, got 'score'"):
+        get_reward("length:score")
+    (tmp_path / "length.py").write_text("import torch\n\ndef score(prompts, completions):\n"
+                                        "    return torch.ones(len(completions))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "length", raising=False)
+    try:
+        assert get_reward("length:score@2")([""], ["x"]).tolist() == [2.0]
+    finally:
+        sys.modules.pop("length", None)
 
 
 @pytest.mark.parametrize(

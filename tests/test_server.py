@@ -8,6 +8,7 @@ process (this directory is on its PYTHONPATH and it runs with --allow-custom-rew
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -22,13 +23,14 @@ import pytest
 import torch
 
 from dgalign.eval.exact import toy_reward
-from dgalign.server.batcher import Batcher
+from dgalign.server.batcher import Batcher, QueueFull
 from dgalign.server.engine import Engine, Limits
 from dgalign.server.schemas import APIError
 from dgalign.server.streaming import TextStream, cut_at_stop
 
 KEY = "test-key"
 SLOW_S = 1.5
+MAX_QUEUE = 8
 
 
 def slow_reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -104,6 +106,8 @@ def server(tmp_path_factory):
         "20",
         "--max-n",
         "16",
+        "--max-queue",
+        str(MAX_QUEUE),
     )
     yield url
     stop_server(proc)
@@ -350,6 +354,34 @@ def test_slow_generation_does_not_block_and_waiting_requests_share_a_batch(serve
     assert total > count  # some batch held more than one prompt
 
 
+def test_health_answers_while_huge_requests_are_refused(server):
+    """Oversized requests are refused by cheap checks (body size, characters), never tokenised on the loop."""
+    over = json.dumps({"model": "toy", "prompt": "ab" * 5_000_000})  # 10 MB: over the 4 MiB body limit
+    under = json.dumps({"model": "toy", "prompt": "ab" * 2_000_000})  # 4 MB: parsed, refused by its length
+    statuses: list[int] = []
+
+    def flood(body):
+        for _ in range(3):
+            statuses.append(post(server, "/v1/completions", body).status_code)
+
+    threads = [threading.Thread(target=flood, args=(b,)) for b in [over, under, over, under]]
+    for t in threads:
+        t.start()
+    slowest, asked = 0.0, 0
+    while any(t.is_alive() for t in threads) or asked < 3:
+        start = time.perf_counter()
+        assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+        slowest, asked = max(slowest, time.perf_counter() - start), asked + 1
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert sorted(set(statuses)) == [400, 413]
+    assert slowest < 1.0
+    assert (
+        post(server, "/v1/completions", {"model": "toy", "prompt": "ab", "max_tokens": 2}).status_code == 200
+    )
+
+
 def test_sampler_failure_is_a_500_and_server_keeps_serving(server, client):
     r = post(
         server,
@@ -374,6 +406,82 @@ def test_sampler_failure_is_a_500_and_server_keeps_serving(server, client):
             )
         )
     assert client.completions.create(model="toy", prompt="ab", max_tokens=2).choices[0].text is not None
+
+
+def test_stream_failing_after_it_started_sends_an_error_event_then_done(server, client):
+    """Plain sampling streams its tokens, then the reward fails: the 200 is sent, so the error is an event."""
+    body = {
+        "model": "toy",
+        "messages": [{"role": "user", "content": "ab"}],
+        "max_tokens": 4,
+        "stream": True,
+        "alignment": {"reward": "test_server:failing_reward"},
+    }
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        data = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    *chunks, error = [json.loads(d) for d in data[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"  # the stream had started
+    assert set(error["error"]) == {"message", "type", "param", "code"}
+    assert error["error"]["type"] == "server_error" and "reward exploded" in error["error"]["message"]
+    assert client.completions.create(model="toy", prompt="ab", max_tokens=2).choices[0].text is not None
+
+
+def test_full_queue_is_a_429_with_retry_after(server):
+    slow = threading.Thread(
+        target=post,
+        args=(
+            server,
+            "/v1/completions",
+            {
+                "model": "toy",
+                "prompt": "a",
+                "max_tokens": 2,
+                "alignment": {"method": "bon", "reward": "test_server:slow_reward", "params": {"n": 2}},
+            },
+        ),
+    )
+    slow.start()
+    time.sleep(0.3)  # the slow request now holds the inference thread; the queue is empty
+    waiting = threading.Thread(
+        target=post, args=(server, "/v1/completions", {"model": "toy", "prompt": ["a"] * MAX_QUEUE})
+    )
+    waiting.start()
+    time.sleep(0.3)  # MAX_QUEUE prompts wait: the queue is full
+    for body in [
+        {"model": "toy", "prompt": "b", "max_tokens": 2},
+        {"model": "toy", "prompt": "b", "max_tokens": 2, "stream": True},  # refused before a stream starts
+    ]:
+        r = post(server, "/v1/completions", body)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+        assert f"at most {MAX_QUEUE}" in error["message"]
+    assert httpx.get(f"{server}/health", timeout=5).json()["waiting"] == 1
+    for t in [slow, waiting]:
+        t.join(30)
+    assert (
+        post(server, "/v1/completions", {"model": "toy", "prompt": "b", "max_tokens": 2}).status_code == 200
+    )
+
+
+def test_batcher_refuses_past_max_queue():
+    async def main():
+        batcher = Batcher(lambda payloads: payloads, max_batch=4, wait_s=0.05, max_queue=3)  # not started
+        first = asyncio.ensure_future(batcher.submit("x", 2, 0))
+        await asyncio.sleep(0)
+        assert batcher.pending == 2
+        with pytest.raises(QueueFull, match="at most 3"):
+            await batcher.submit("x", 2, 1)
+        first.cancel()
+        await asyncio.sleep(0)
+        assert batcher.pending == 0  # a cancelled request no longer holds its place
+        await batcher.stop()
+
+    asyncio.run(main())
 
 
 # -- security and bad input -------------------------------------------------------------------------
@@ -405,7 +513,8 @@ GOOD = {"model": "toy", "prompt": "ab", "max_tokens": 3}
         ({"n": 17}, 400, "n", "at most 16"),
         ({"prompt": "  "}, 400, "prompt", "non-empty"),
         ({"prompt": []}, 400, "prompt", "non-empty"),
-        ({"prompt": "ab" * 1100}, 400, "prompt", "at most 2048"),
+        ({"prompt": "ab" * 1100}, 400, "prompt", "at most 1024 (64 tokens"),  # refused before tokenising
+        ({"prompt": "ab" * 40}, 400, "prompt", "at most 64"),
         ({"model": "gpt-4"}, 404, "model", "not served here"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
         ({"logprobs": 2}, 400, "logprobs", "not supported"),
@@ -426,27 +535,40 @@ GOOD = {"model": "toy", "prompt": "ab", "max_tokens": 3}
         (
             {"alignment": {"reward": "length", "params": {"bogus": 1}}},
             400,
-            "alignment.params",
+            "alignment.params.bogus",
             "unknown setting 'bogus'",
         ),
         (
             {"alignment": {"method": "bon", "reward": "length", "params": {"n": 1.5}}},
             400,
-            "alignment.params",
+            "alignment.params.n",
             "expected int",
         ),
         (
             {"alignment": {"reward": "length", "params": {"max_new_tokens": 4}}},
             400,
-            "alignment.params",
+            "alignment.params.max_new_tokens",
             "max_tokens",
         ),
         (
             {"alignment": {"method": "bon", "reward": "length", "params": {"n": 0}}},
             400,
-            "alignment.params",
+            "alignment.params.n",
             "n must be at least 1",
         ),
+        (
+            {"alignment": {"method": "dga", "reward": "length", "params": {"schedule": "x"}}},
+            400,
+            "alignment.params.schedule",
+            "valid: cosine, linear",
+        ),
+        (
+            {"alignment": {"method": "dga", "reward": "length", "params": {"checkpoint": "/etc"}}},
+            400,
+            "alignment.params.checkpoint",
+            "sentiment, toxicity",
+        ),
+        ({"prompt": ["a"] * (MAX_QUEUE + 1)}, 400, "prompt", f"at most {MAX_QUEUE} per request"),
         ({"alignment": {"methd": "bon"}}, 400, "alignment.methd", "Extra inputs"),
         ({"alignment": {"beta": "strong"}}, 400, "alignment.beta", "valid number"),
     ],
@@ -469,6 +591,16 @@ def test_bad_input(server, change, status, param, message):
         "learned(path='/etc')",
         "length(target=x)",
         "length:1,sys:exit",
+        "length(standardize=2)",
+        "length(standardize='/etc/passwd')",
+        "truthfulness(data='/etc/passwd')",
+        "judge(model='/tmp/model')",
+        "judge(model=1)",
+        "length(target=True)",
+        "length(target=1.5)",
+        "length(target=1e999)",
+        "length:1e999",
+        "length(nope=1)",
     ],
 )
 def test_only_builtin_rewards_unless_allowed(toy, spec):

@@ -7,11 +7,13 @@ bench · report.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Annotated
 
 import typer
 
+from .config import MAX_SEED
 from .errors import DGAlignError
 
 app = typer.Typer(
@@ -29,6 +31,14 @@ def _emit_json(obj) -> None:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise DGAlignError(message)
+
+
+def _check_beta(beta: float) -> None:
+    _check(math.isfinite(beta), f"--beta must be a finite number, got {beta}")
+
+
+def _check_seed(seed: int, flag: str = "--seed") -> None:
+    _check(0 <= seed <= MAX_SEED, f"{flag} must be in 0..{MAX_SEED}, got {seed}")
 
 
 @app.command()
@@ -51,7 +61,9 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer prompts with an aligned sampler and print rewards and cost."""
+    from .bench import check_prompt
     from .config import apply_overrides, parse_sets
+    from .cost import format_setup, prepare, timed
     from .lm import load_lm
     from .ops import make_generator
     from .rewards import get_reward
@@ -59,15 +71,18 @@ def generate(
     from .types import Prompts
 
     # everything checkable without the model is checked first
-    _check(all(p.strip() for p in prompts), "empty prompt: every prompt must contain text")
+    for i, p in enumerate(prompts, start=1):
+        check_prompt(p, f"prompt {i}")
     _check(max_new_tokens > 0, f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     _check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
+    _check_beta(beta)
+    _check_seed(seed)
     sampler, cfg = get_sampler(method)
     cfg = apply_overrides(cfg, {"max_new_tokens": str(max_new_tokens), "num_samples": str(num_samples),
                                 "beta": str(beta), **parse_sets(set_ or [])})
     reward_fn = get_reward(reward)
 
-    lm = load_lm(model, device=device, chat=False if raw else None)
+    lm, load_s = timed(load_lm, model, device=device, chat=False if raw else None)
     batch = Prompts.encode(lm, prompts, raw=raw)
     longest = max(len(ids) for ids in batch.ids)
     _check(
@@ -75,6 +90,7 @@ def generate(
         f"--max-new-tokens {cfg.max_new_tokens} plus the longest prompt ({longest} tokens) exceeds "
         f"{lm.name}'s context of {lm.max_context} tokens",
     )
+    setup = prepare(lm, reward_fn, prompts=batch, load_s=load_s)  # one-off costs, timed apart from generation
     with _progress(cfg.max_new_tokens, disable=as_json) as bar:
         out = sampler(lm, reward_fn, batch, cfg, generator=make_generator(seed, lm.device),
                       callback=lambda info: bar.update(1))
@@ -84,7 +100,7 @@ def generate(
     ]
     if as_json:
         _emit_json({"model": lm.name, "method": method, "reward": reward, "beta": cfg.beta, "seed": seed,
-                    "results": results, "cost": out.cost.as_dict()})
+                    "results": results, "cost": {**out.cost.as_dict(), "setup": setup}})
         return
     for row in results:
         typer.echo(f"\n> {row['prompt']}\n{row['completion'].strip()}")
@@ -94,12 +110,13 @@ def generate(
         f"\ncost ({method}): {c.wall_s:.2f} s wall · {c.tokens_per_s:.1f} tokens/s · "
         f"{c.lm_forward_tokens} LM forward tokens · {c.reward_calls} reward calls · peak RSS {c.peak_rss_mb:.0f} MB"
     )
+    typer.echo(f"{format_setup(setup)} (before generation, not in the wall time above)")
 
 
-def _progress(total: int, disable: bool):
+def _progress(total: int, disable: bool, desc: str = "decoding"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="decoding", unit="step", file=sys.stderr, leave=False, disable=disable or None)
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, disable=disable or None)
 
 
 def _table(rows: list[dict], columns: list[str], as_json: bool) -> None:
@@ -109,6 +126,36 @@ def _table(rows: list[dict], columns: list[str], as_json: bool) -> None:
     width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns[:-1]}
     for row in rows:
         typer.echo("  ".join(f"{str(row[c]):<{width[c]}}" for c in columns[:-1]) + f"  {row[columns[-1]]}")
+
+
+@app.command()
+def demo(
+    prompt: Annotated[str, typer.Option(help="A raw continuation prompt (default: one where plain sampling "
+                                             "is often toxic).")] = "",
+    samples: Annotated[int, typer.Option(help="Answers per method (same seed for every method).")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Plain sampling, best-of-4 and DGA (shipped `toxicity` checkpoint) on one prompt, embedded model."""
+    from .cost import prepare, timed
+    from .demo import DEMO_PROMPT, render, run_demo
+    from .lm import load_lm
+    from .rewards import get_reward
+    from .types import Prompts
+
+    prompt = prompt or DEMO_PROMPT
+    _check(bool(prompt.strip()), "empty prompt: --prompt must contain text")
+    _check(samples >= 1, f"--samples must be at least 1, got {samples}")
+    _check(max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    _check_seed(seed)
+    typer.echo("loading the embedded SmolLM2-135M-Instruct and the toxicity reward …", err=True)
+    lm, load_s = timed(load_lm, "smollm2-135m-instruct", chat=False)
+    reward = get_reward("toxicity")
+    setup = prepare(lm, reward, prompts=Prompts.encode(lm, [prompt], raw=True), load_s=load_s)
+    results = run_demo(lm, reward, prompt, samples, max_new_tokens, seed,
+                       progress=lambda label, steps: _progress(steps, disable=False, desc=label))
+    for line in render(results, prompt, setup):
+        typer.echo(line)
 
 
 @app.command()
@@ -165,10 +212,14 @@ def train(
     from .config import apply_overrides, parse_sets
     from .lm import load_lm
     from .rewards import get_reward
-    from .train.dga import TrainConfig, train_dga
+    from .train.dga import TrainConfig, check_out, train_dga
     from .types import Prompts
 
     _check(n_prompts >= 1, f"--n-prompts must be at least 1, got {n_prompts}")
+    _check(skip >= 0, f"--skip must be at least 0, got {skip}")
+    _check_beta(beta)
+    _check_seed(seed)
+    check_out(out)
     cfg = TrainConfig.tiny() if tiny else TrainConfig()
     cfg = apply_overrides(cfg, {"beta": str(beta), "seed": str(seed), **parse_sets(set_ or [])})
     rows, suite_raw = load_prompts(prompts)
@@ -197,6 +248,8 @@ def exact(
     from .eval.exact import run_exact
 
     _check(samples >= 1, f"--samples must be at least 1, got {samples}")
+    _check_beta(beta)
+    _check_seed(seed)
     res = run_exact(method, beta=beta, samples=samples, seed=seed, overrides=parse_sets(set_ or []))
     if as_json:
         _emit_json(res)
@@ -224,8 +277,15 @@ def serve(
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 2048,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 512,
     max_n: Annotated[int, typer.Option(help="Most choices (n) per prompt.")] = 16,
+    max_queue: Annotated[int, typer.Option(help="Most prompts waiting for a sampler call; more get 429.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body, in bytes (413 beyond).")] = 4 * 2**20,
     allow_custom_rewards: Annotated[
-        bool, typer.Option(help="Accept MODULE:ATTR and hf: reward specs (imports code a client names).")
+        bool, typer.Option(help="Accept MODULE:ATTR, hf: and string-parameter reward terms (code or files a "
+                                "client names).")
+    ] = False,
+    allow_checkpoint_paths: Annotated[
+        bool, typer.Option(help="Accept DGA checkpoint paths in alignment.params.checkpoint, not only the "
+                                "shipped names (files a client names).")
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
 ) -> None:
@@ -237,15 +297,18 @@ def serve(
 
     _check(1 <= port <= 65535, f"--port must be in 1..65535, got {port}")
     for name, value in [("--max-batch", max_batch), ("--max-prompt-tokens", max_prompt_tokens),
-                        ("--max-tokens-limit", max_tokens_limit), ("--max-n", max_n)]:
+                        ("--max-tokens-limit", max_tokens_limit), ("--max-n", max_n), ("--max-queue", max_queue),
+                        ("--max-body-bytes", max_body_bytes)]:
         _check(value >= 1, f"{name} must be at least 1, got {value}")
     _check(batch_wait_ms >= 0, f"--batch-wait-ms must be at least 0, got {batch_wait_ms}")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     lm = load_lm(model, device=device)
     limits = Limits(max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens_limit, max_n=max_n,
-                    custom_rewards=allow_custom_rewards)
-    server = create_app(lm, limits=limits, max_batch=max_batch, batch_wait_ms=batch_wait_ms, api_key=api_key)
+                    max_body_bytes=max_body_bytes, custom_rewards=allow_custom_rewards,
+                    checkpoint_paths=allow_checkpoint_paths)
+    server = create_app(lm, limits=limits, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                        api_key=api_key)
     typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
     uvicorn.run(server, host=host, port=port, log_level="warning")
 
@@ -269,10 +332,13 @@ def train_dpo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON.")] = False,
 ) -> None:
     """Fine-tune a LoRA adapter with DPO (the RLHF baseline); run it with --model '<model>+adapter:<out>'."""
-    from .config import apply_overrides, parse_sets
+    from .config import apply_overrides, check_out_dir, parse_sets
     from .train.dpo import DPOTrainConfig
     from .train.dpo import train_dpo as run
 
+    check_out_dir(out)
+    _check(model.partition("+")[0] != "toy", "train-dpo fine-tunes a Hugging Face model; the toy LM has no weights "
+           "to train (give a built-in name, an HF id or a model directory)")
     given = {"max_pairs": max_pairs, "epochs": epochs, "lr": lr, "beta": beta, "lora_r": lora_r,
              "max_length": max_length, "seed": seed}
     settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])
@@ -305,9 +371,10 @@ def train_rm(
     """Train a Bradley-Terry reward model (a head on frozen features) on preference pairs."""
     from pathlib import Path
 
-    from .config import apply_overrides, parse_sets
+    from .config import apply_overrides, check_out_dir, parse_sets
     from .train.reward_model import RMConfig, train_and_save
 
+    check_out_dir(out)
     given = {"features": features, "val_frac": val_frac, "epochs": epochs, "lr": lr, "max_pairs": max_pairs,
              "seed": seed}
     settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])
@@ -339,8 +406,8 @@ def rm_eval(
     from .train.reward_model import held_out, pair_accuracy, read_pairs
 
     _check(split in ("all", "val"), f"--split must be all or val, got {split!r}")
-    reward_fn = get_reward(reward)
     data = read_pairs(Path(pairs))
+    reward_fn = get_reward(reward)
     if split == "val":
         _check(len(reward_fn.terms) == 1, "--split val needs a single reward-model term, not a weighted sum")
         data = data.subset(held_out(reward_fn.terms[0][2], Path(pairs)))
@@ -392,6 +459,9 @@ def bench(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise DGAlignError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
+    for s in seed_list:
+        _check_seed(s, "--seeds")
+    _check_beta(beta)
     if data_dir is not None:
         os.environ["DGALIGN_DATA"] = data_dir
     cfg = BenchConfig(
@@ -419,10 +489,19 @@ def report(
     typer.echo(f"wrote {path} and plots beside it")
 
 
+# click's UsageError (bad options, arguments, values), in whichever click this typer runs on
+_UsageError = typer.BadParameter.__base__
+
+
 def main() -> None:
-    """Entry point: usage errors exit 2 (click's own); library errors become one line on stderr, exit 2."""
+    """Entry point: bad input — a usage error click finds, or a library error — is one line on stderr, exit 2."""
     try:
-        app()
-    except DGAlignError as err:
-        typer.echo(f"error: {err}", err=True)
+        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+    except _UsageError as err:
+        where = err.ctx.command_path if err.ctx else "dgalign"
+        typer.echo(f"error: {' '.join(err.format_message().split())} (see `{where} --help`)", err=True)
         sys.exit(2)
+    except DGAlignError as err:
+        typer.echo(f"error: {str(err).replace(chr(10), ' ')}", err=True)  # one line, whatever the message
+        sys.exit(2)
+    sys.exit(code or 0)

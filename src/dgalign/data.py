@@ -5,7 +5,10 @@ Data is never committed; every loader finds its files through `data_path`.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import zlib
 from pathlib import Path
 
 from dgalign.errors import DGAlignError
@@ -41,3 +44,56 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
         return "", chosen.strip(), rejected.strip()
     cut += len(HH_ASSISTANT)
     return chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
+
+
+PAIR_FORMAT = '{"prompt"?: str, "chosen": str, "rejected": str}'
+
+
+def read_pair_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a preference-pairs file: JSONL, gzipped when it ends in .gz, one {"chosen", "rejected"}
+    object a line with an optional "prompt", all UTF-8 strings; a `DGAlignError` naming the file and line
+    of anything else."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DGAlignError(f"pairs file {path} is a directory; give a JSONL(.gz) file of {PAIR_FORMAT} lines")
+    if not path.is_file():
+        raise DGAlignError(f"pairs file {path} not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if raw.strip():
+                    rows.append(_pair_row(f"{path}:{number}", raw))
+    except (OSError, EOFError, zlib.error) as err:  # unreadable, or a damaged / truncated gzip stream
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise DGAlignError(f"cannot read pairs file {path}: {reason}") from None
+    if not rows:
+        raise DGAlignError(f"pairs file {path} holds no pairs; each line must be {PAIR_FORMAT}")
+    return rows
+
+
+def _pair_row(where: str, raw: bytes) -> dict[str, str]:
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DGAlignError(f"{where}: not UTF-8 text; pairs files must be UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise DGAlignError(f"{where}: not JSON ({err.msg}); each line must be {PAIR_FORMAT}") from None
+    if not isinstance(row, dict):
+        raise DGAlignError(f"{where}: a JSON {type(row).__name__}, not an object; each line must be {PAIR_FORMAT}")
+    missing = [k for k in ("chosen", "rejected") if k not in row]
+    if missing:
+        fields = " and ".join(f'"{k}"' for k in missing)
+        raise DGAlignError(f"{where}: missing field {fields}; each line must be {PAIR_FORMAT}")
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            continue
+        if not isinstance(row[key], str):
+            raise DGAlignError(f'{where}: "{key}" must be a string, got {type(row[key]).__name__}')
+        try:
+            row[key].encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate escape such as "\ud800"
+            raise DGAlignError(f'{where}: "{key}" is not valid UTF-8 text (lone surrogate at position '
+                               f"{err.start})") from None
+    return {k: row[k] for k in ("prompt", "chosen", "rejected") if k in row}

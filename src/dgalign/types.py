@@ -7,10 +7,14 @@ embeddings; only `encode` / `decode` touch text. A reward is any batched callabl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from .config import check_range
+from .errors import DGAlignError
 
 
 @runtime_checkable
@@ -117,18 +121,15 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         """Concise errors for out-of-range knobs, for every sampler's config (subclasses inherit it)."""
-        from .errors import DGAlignError
-
         names = {f.name for f in fields(self)}
         for name in sorted(_AT_LEAST_ONE & names):
             if getattr(self, name) < 1:
                 raise DGAlignError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise DGAlignError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise DGAlignError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise DGAlignError(f"top_k must be >= 0, got {self.top_k}")
+        if not math.isfinite(self.beta):
+            raise DGAlignError(f"beta must be a finite number, got {self.beta}")
+        check_range("temperature", self.temperature, 0, open_low=True)
+        check_range("top_p", self.top_p, 0, 1, open_low=True)
+        check_range("top_k", self.top_k, 0)
 
 
 @dataclass

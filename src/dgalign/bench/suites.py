@@ -105,13 +105,61 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+def check_prompt(text: str, where: str) -> str:
+    """`text` if it can be a prompt: not blank, and valid Unicode (no undecodable bytes / lone surrogates)."""
+    if not text.strip():
+        raise DGAlignError(f"{where}: empty prompt; every prompt must contain text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # e.g. argv bytes that were not UTF-8, kept as surrogate escapes
+        raise DGAlignError(f"{where}: not valid UTF-8 text (undecodable character at position {err.start})") from None
+    return text
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a UTF-8 text file."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DGAlignError(f"cannot read prompts file {path}: {err.strerror}") from None
+    out = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DGAlignError(f"{path}:{number}: not UTF-8 text; prompts files must be UTF-8") from None
+        if line.strip():
+            out.append((number, line))
+    return out
+
+
+def _jsonl_prompt(path: Path, number: int, line: str) -> dict:
+    where = f"{path}:{number}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DGAlignError(f"{where}: not JSON ({err.msg}); a .jsonl prompts file holds one "
+                           '{"prompt": "..."} object a line') from None
+    if not isinstance(row, dict) or "prompt" not in row:
+        got = "an object without it" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+        raise DGAlignError(f'{where}: missing field "prompt" (got {got}); each line must be {{"prompt": "..."}}')
+    if not isinstance(row["prompt"], str):
+        raise DGAlignError(f'{where}: "prompt" must be a string, got {type(row["prompt"]).__name__}')
+    return {"prompt": check_prompt(row["prompt"], where)}
+
+
 def load_prompts(spec: str) -> tuple[list[dict], bool | None]:
     """Rows of a suite name, or of a file (.txt one prompt a line, .jsonl with "prompt"); and its raw flag."""
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise DGAlignError(f"{path} is a directory; give a suite ({', '.join(SUITES)}) or a .txt/.jsonl prompts file")
     if path.is_file():
         if path.suffix == ".jsonl":
-            with open(path) as f:
-                return [{"prompt": json.loads(line)["prompt"]} for line in f if line.strip()], None
-        return [{"prompt": line.strip()} for line in path.read_text().splitlines() if line.strip()], None
+            rows = [_jsonl_prompt(path, n, line) for n, line in _lines(path)]
+        else:
+            rows = [{"prompt": check_prompt(line.strip(), f"{path}:{n}")} for n, line in _lines(path)]
+        if not rows:
+            raise DGAlignError(f"{path} holds no prompts (one a line in .txt, {{\"prompt\": ...}} a line in .jsonl)")
+        return rows, None
     suite = get_suite(spec)
     return suite.load(), suite.raw

@@ -7,7 +7,9 @@ by total-variation distance.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,13 +89,6 @@ def tv_distance(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-def iid_tv(probs: torch.Tensor, n: int, generator: torch.Generator) -> float:
-    """TV of n exact i.i.d. draws from `probs` to `probs`: the Monte-Carlo noise floor."""
-    draws = torch.multinomial(probs.float(), n, replacement=True, generator=generator)
-    q = torch.bincount(draws, minlength=len(probs)).double() / n
-    return tv_distance(probs, q)
-
-
 def toy_reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
     """The toy's reward in [-0.5, 1]: (#a − ½·#c) / 3 (tied levels, so BoN ties are exercised)."""
     return torch.tensor([(c.count("a") - 0.5 * c.count("c")) / 3 for c in completions], dtype=torch.float32)
@@ -127,33 +122,65 @@ def run_exact(
     seed: int = 0,
     prompt: str = "ab",
     overrides: dict[str, str] | None = None,
+    groups: int = 1,
+    law: Callable[[Enumeration, torch.Tensor, object], torch.Tensor] | None = None,
 ) -> dict:
-    """Run a registered method on the toy LM with `toy_reward` and compare to the enumerated target."""
+    """Run a registered method on the toy LM with `toy_reward` and compare to the enumerated target.
+
+    `groups` > 1 draws the samples in that many independent sampler calls (one generator, used in
+    turn), so the tolerance can be set from their spread: needed where a call's answers are
+    correlated (pooled particles). `tv_floor` is the expected TV of a correct sampler, `tv_tol` the
+    (1 − δ)-quantile of its TV (δ = 10⁻³); `log_z_tol` the same for log Ẑ where runs report Ẑ.
+    `law(enum, rewards, cfg)` replaces the tilted target p_r by the law the method claims (best-of-N's).
+    """
     from ..config import apply_overrides
     from ..lm.toy import ToyLM
     from ..samplers import get_sampler
     from ..types import Prompts
+    from .montecarlo import log_z_tolerance, tv_null_grouped, tv_null_iid
 
+    if groups < 1 or samples % groups:
+        raise ValueError(f"samples ({samples}) must split evenly into groups ({groups})")
     lm = ToyLM()
     sampler, cfg = get_sampler(method)
-    settings = {"max_new_tokens": str(lm.max_new_tokens), "num_samples": str(samples), "beta": str(beta)}
+    settings = {"max_new_tokens": str(lm.max_new_tokens), "num_samples": str(samples // groups), "beta": str(beta)}
     cfg = apply_overrides(cfg, {**settings, **(overrides or {})})
     prompts = Prompts.encode(lm, [prompt])
     enum = enumerate_completions(lm, prompts.ids[0], cfg.max_new_tokens)
     rewards = exact_rewards(lm, toy_reward, prompt, enum)
     target, log_z = tilted(enum.logp, rewards, cfg.beta)
-    out = sampler(lm, toy_reward, prompts, cfg, generator=torch.Generator().manual_seed(seed))
-    q = weighted_empirical(out, enum)
+    if law is not None:
+        target = law(enum, rewards, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    outs = [sampler(lm, toy_reward, prompts, cfg, generator=generator) for _ in range(groups)]
+    laws = torch.stack([weighted_empirical(out, enum) for out in outs])  # (G, S)
+    q = laws.mean(0)
+    floor, tol = tv_null_iid(target, samples) if groups == 1 else tv_null_grouped(laws)
+    run_log_z = [out.extras["run_log_z"] for out in outs if "run_log_z" in out.extras]
+    est_log_z = None
+    if outs[0].log_z is not None:  # equal-sized groups: log of the mean of their Ẑ
+        est_log_z = float(torch.logsumexp(torch.stack([o.log_z[0].double() for o in outs]), 0) - math.log(groups))
     return {
         "method": method,
         "beta": cfg.beta,
-        "samples": len(out),
+        "samples": sum(len(out) for out in outs),
+        "groups": groups,
         "tv": round(tv_distance(target, q), 5),
-        "tv_floor": round(iid_tv(target, len(out), torch.Generator().manual_seed(seed)), 5),
-        "kl": round(kl_divergence(target, q, len(out)), 5),
+        "tv_floor": round(floor, 5),
+        "tv_tol": round(tol, 5),
+        "tv_of_base_law": round(tv_distance(target, enum.logp.exp()), 5),  # what ignoring the reward would score
+        "kl": round(kl_divergence(target, q, samples), 5),
         "reward": round(float((q * rewards).sum()), 5),
         "exact_reward": round(float((target * rewards).sum()), 5),
-        "log_z": None if out.log_z is None else round(float(out.log_z[0]), 5),
+        "log_z": None if est_log_z is None else round(est_log_z, 5),
+        "log_z_tol": round(log_z_tolerance(torch.cat(run_log_z)), 5) if run_log_z else None,
         "exact_log_z": round(log_z, 5),
-        "cost": out.cost.as_dict(),
+        "extras": {k: v for k, v in outs[0].extras.items() if isinstance(v, int | float | str)},
+        "cost": outs[0].cost.as_dict() if groups == 1 else _summed_cost(outs),
     }
+
+
+def _summed_cost(outs) -> dict:
+    costs = [out.cost.as_dict() for out in outs]
+    summed = {k: sum(c[k] for c in costs) for k in ("wall_s", "lm_forward_tokens", "reward_calls")}
+    return {**costs[-1], **summed}

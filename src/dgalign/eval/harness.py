@@ -2,9 +2,14 @@
 
 A run directory holds, per suite, `<suite>.jsonl` (one row per (prompt, method, seed), appended
 and fsynced as it finishes) and `<suite>.manifest.json` (versions, config, machine; written
-atomically). Running the same command again resumes: rows already present are skipped, and a
-torn last line left by a kill is cut off first, so a killed-and-resumed run holds exactly the
-rows of an uninterrupted one. The settings that give rows their meaning (model, suite, rewards,
+atomically; each invocation records its `setup` timings — LM load, the rewards' first load, one
+warm-up forward, paid by `cost.prepare` before the first row so no row's cost includes them).
+Every input is checked (settings against an existing manifest, its rows file too) before any model
+loads, and the directory is created only once the models have loaded.
+
+Running the same command again resumes: rows already present are skipped, and a torn last line
+left by a kill is cut off first, so a killed-and-resumed run holds exactly the rows of an
+uninterrupted one. The settings that give rows their meaning (model, suite, rewards,
 length, β, ...) must match the manifest's; methods, prompts and seeds may be added.
 
 Each row is one sampler call on one prompt (`num_samples` = 1), so its cost is its own and its
@@ -26,6 +31,7 @@ import dataclasses
 import datetime
 import importlib.util
 import json
+import math
 import os
 import platform
 import sys
@@ -34,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import apply_overrides, parse_sets
+from ..config import apply_overrides, check_out_dir, parse_sets
 from ..errors import DGAlignError, UnknownNameError
 from ..lm.embedded import DEFAULT_MODEL, MODELS
 from . import metrics
@@ -119,8 +125,26 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_rows(path: Path, *, repair: bool = False) -> list[dict]:
-    """The complete rows of a JSONL file; a torn last line (no newline) is ignored, or cut off if `repair`."""
+# what every row of a run holds; rows without an error also hold the results, costs under "cost"
+ROW_FIELDS = ("prompt_index", "method", "sampler", "seed", "beta")
+RESULT_FIELDS = ("completion", "num_tokens", "proxy", "gold", "kl", "logprob_per_token", "ppl", "cost")
+COST_FIELDS = ("wall_s", "lm_forward_tokens", "reward_calls", "energy_j", "peak_rss_mb")
+
+
+def _missing(row: dict) -> list[str]:
+    """The fields a bench row lacks, or holds with the wrong JSON type."""
+    missing = [k for k in ROW_FIELDS if k not in row]
+    if not row.get("error"):
+        missing += [k for k in RESULT_FIELDS if k not in row]
+        missing += [f"{k} (an object)" for k in ("gold", "cost") if k in row and not isinstance(row[k], dict)]
+        missing += [f"cost.{k}" for k in COST_FIELDS if isinstance(row.get("cost"), dict) and k not in row["cost"]]
+    return missing
+
+
+def read_rows(path: Path, *, repair: bool = False, checked: bool = False) -> list[dict]:
+    """The complete rows of a JSONL file; a torn last line (no newline) is ignored, or cut off if `repair`.
+
+    `checked`: every row must be a bench row (ROW_FIELDS; RESULT_FIELDS unless it records an error)."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -134,10 +158,43 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict]:
     for number, line in enumerate(data[:end].splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DGAlignError(f"{path}:{number} is not a JSON row ({err.msg}); the run file is damaged") from None
+                row = json.loads(line)
+            except ValueError as err:  # not JSON, or not UTF-8
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+                raise DGAlignError(f"{path}:{number} is not a JSON row ({reason}); the run file is damaged") from None
+            if not isinstance(row, dict):
+                raise DGAlignError(f"{path}:{number} is a JSON {type(row).__name__}, not a row object; "
+                                   "the run file is damaged")
+            if checked and _missing(row):
+                raise DGAlignError(f"{path}:{number} is not a bench row (missing {', '.join(_missing(row))}); "
+                                   "the run file is damaged")
+            rows.append(row)
     return rows
+
+
+# the manifest's parts and their JSON types (`identity` holds every IDENTITY field, `machine` _machine()'s)
+MANIFEST_PARTS = {"started": str, "identity": dict, "invocations": list, "methods": dict, "budget": dict,
+                  "versions": dict, "machine": dict}
+MACHINE_FIELDS = ("platform", "cpu_count", "memory_gb")
+
+
+def read_manifest(path: Path) -> dict:
+    """A run's manifest, checked for the parts `bench` (resuming) and `report` read."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise DGAlignError(f"{path} is not valid JSON ({err}); the run's manifest is damaged") from None
+    m = manifest if isinstance(manifest, dict) else {}
+    part = {k: m.get(k) if isinstance(m.get(k), kind) else kind() for k, kind in MANIFEST_PARTS.items()}
+    bad = [k for k, kind in MANIFEST_PARTS.items() if not isinstance(m.get(k), kind)]
+    bad += [f"identity.{k}" for k in IDENTITY if k not in part["identity"]]
+    bad += [f"machine.{k}" for k in MACHINE_FIELDS if k not in part["machine"]]
+    if not part["invocations"] or not all(isinstance(i, dict) for i in part["invocations"]):
+        bad.append("invocations")
+    if bad:
+        raise DGAlignError(f"{path} is not a bench manifest (missing or malformed: "
+                           f"{', '.join(dict.fromkeys(bad))}); the run's manifest is damaged")
+    return manifest
 
 
 def _append(f, row: dict) -> None:
@@ -230,7 +287,7 @@ def _manifest(cfg: BenchConfig, path: Path, argv: list[str] | None) -> dict:
     invocation = {"started": now, "argv": argv, "methods": cfg.methods, "grid": cfg.grid,
                   "n_prompts": cfg.n_prompts, "seeds": cfg.seeds}
     if path.exists():
-        manifest = json.loads(path.read_text())
+        manifest = read_manifest(path)
         differ = [k for k, v in _identity(cfg).items() if manifest["identity"].get(k) != v]
         if differ:
             raise DGAlignError(
@@ -316,18 +373,6 @@ def _reference_scores(row: dict, text: str) -> dict | None:
             "bertscore": metrics.bertscore_f1([text], [ref])[0]}
 
 
-def _warm_up(ctx: dict, prompt: str) -> None:
-    """Load what loads lazily (reward models, the LM's first-call set-up) so the first row does not pay for it."""
-    from ..samplers import get_sampler
-    from ..types import Prompts
-
-    for reward in (ctx["proxy"], *ctx["gold"].values()):
-        reward([prompt], ["warm-up"])
-    sampler, cfg = get_sampler("base")
-    lm = ctx["lm"]
-    sampler(lm, None, Prompts.encode(lm, [prompt], raw=ctx["raw"]), dataclasses.replace(cfg, max_new_tokens=2))
-
-
 # -- budget matching ------------------------------------------------------------------------------
 def _forward_tokens_per_answer(ctx: dict, method: _Method, rows: list[dict]) -> float:
     from ..types import Prompts
@@ -378,8 +423,10 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
     from tqdm import tqdm
 
     from ..bench import get_suite, load_prompts
+    from ..cost import prepare, timed
     from ..lm import load_lm
     from ..rewards import get_reward
+    from ..types import Prompts
 
     # everything checkable without a model is checked first
     if cfg.n_prompts < 1 or cfg.max_new_tokens < 1:
@@ -387,8 +434,9 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
                            f"{cfg.max_new_tokens})")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise DGAlignError(f"--seeds must list distinct seeds, got {cfg.seeds}")
-    if cfg.budget_matched < 0:
-        raise DGAlignError(f"--budget-matched must be positive, got {cfg.budget_matched}")
+    if not 0 <= cfg.budget_matched < math.inf:
+        raise DGAlignError(f"--budget-matched must be a positive number (0: off), got {cfg.budget_matched}")
+    out_dir = check_out_dir(cfg.out)
     methods = resolve_methods(cfg)
     rows, suite_raw = load_prompts(cfg.suite)
     rows = rows[: cfg.n_prompts]
@@ -405,22 +453,27 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
     )
     proxy = get_reward(cfg.reward)
     gold = {spec: get_reward(spec) for spec in cfg.gold}
-
-    out_dir = Path(cfg.out).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
     name = suite_label(cfg.suite)
     rows_path, manifest_path = out_dir / f"{name}.jsonl", out_dir / f"{name}.manifest.json"
-    manifest = _manifest(cfg, manifest_path, argv)
-    existing = read_rows(rows_path, repair=True)
-    if retry_errors and any(r.get("error") for r in existing):
-        existing = [r for r in existing if not r.get("error")]
-        write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in existing))
+    manifest = _manifest(cfg, manifest_path, argv)  # a resumed run's settings are checked here,
+    read_rows(rows_path, checked=True)  # and its rows file: before the models load and anything is written
 
-    lm = load_lm(cfg.model, device=cfg.device, chat=False if cfg.raw else None)
+    lm, load_s = timed(load_lm, cfg.model, device=cfg.device, chat=False if cfg.raw else None)
     judge = None
     if cfg.ppl_model:
         judge = lm if cfg.ppl_model == cfg.model else load_lm(cfg.ppl_model, device=cfg.device, chat=False)
     ctx = {"suite": name, "lm": lm, "raw": cfg.raw, "proxy": proxy, "gold": gold, "judge": judge}
+
+    out_dir.mkdir(parents=True, exist_ok=True)  # every input is valid: only now is anything written
+    existing = read_rows(rows_path, repair=True)
+    if retry_errors and any(r.get("error") for r in existing):
+        existing = [r for r in existing if not r.get("error")]
+        write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in existing))
+    done = {(r["prompt_index"], r["method"], r["seed"]) for r in existing}
+    pending = [(i, m.label, s) for i in range(len(rows)) for m in methods for s in cfg.seeds]
+    if not done.issuperset(pending):  # the first row must not pay for lazy loads: time them apart, on record
+        batch = Prompts.encode(lm, [rows[0]["prompt"]], raw=cfg.raw)
+        manifest["invocations"][-1]["setup"] = prepare(lm, proxy, *gold.values(), prompts=batch, load_s=load_s)
 
     if cfg.budget_matched:
         manifest["budget"] = calibrate(ctx, methods, rows[:CALIBRATION_PROMPTS], cfg.budget_matched,
@@ -433,11 +486,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
                                 for m in methods})
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-    done = {(r["prompt_index"], r["method"], r["seed"]) for r in existing}
     grid = [(i, m, s) for i in range(len(rows)) for m in methods for s in cfg.seeds if (i, m.label, s) not in done]
-
-    if grid:
-        _warm_up(ctx, rows[0]["prompt"])
     total = len(rows) * len(methods) * len(cfg.seeds)
     with open(rows_path, "a") as f, tqdm(total=total, initial=total - len(grid), desc=f"bench {name}", unit="row",
                                          file=sys.stderr, disable=not progress or None) as bar:

@@ -15,9 +15,10 @@ import json
 import math
 from pathlib import Path
 
+from ..config import check_out_dir
 from ..errors import DGAlignError
 from . import metrics
-from .harness import read_rows, write_atomic
+from .harness import read_manifest, read_rows, write_atomic
 
 BON_CURVE_N = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # N of the best-of-N curve
 
@@ -301,16 +302,23 @@ def _ci(stat: dict) -> float:
 def write_report(run_dir: str | Path) -> Path:
     """report.md, summary.json and plots/ for every suite in a bench run directory; returns report.md."""
     run = Path(run_dir).expanduser()
+    if run.exists() and not run.is_dir():
+        raise DGAlignError(f"{run} is a file; give a `dgalign bench --out` directory")
     manifests = sorted(run.glob("*.manifest.json"))
     if not manifests:
         raise DGAlignError(f"no bench run in {run} (no *.manifest.json); run `dgalign bench --out {run_dir}` first")
-    plot_dir = run / "plots"
-    plot_dir.mkdir(exist_ok=True)
-    sections, summary = [], {}
+    # read and check everything before writing anything: a damaged run leaves no plots/ behind
+    suites = {}
     for path in manifests:
         name = path.name.removesuffix(".manifest.json")
-        manifest = json.loads(path.read_text())
-        rows = read_rows(run / f"{name}.jsonl")
+        suites[name] = (read_manifest(path), read_rows(run / f"{name}.jsonl", checked=True))
+    check_out_dir(run, "report: the run directory")
+    plot_dir = run / "plots"
+    if plot_dir.exists() and not plot_dir.is_dir():
+        raise DGAlignError(f"{plot_dir} is a file; the report writes its plots into a plots/ directory there")
+    plot_dir.mkdir(exist_ok=True)
+    sections, summary = [], {}
+    for name, (manifest, rows) in suites.items():
         if not rows:
             sections.append(f"## {name}\n\nNo rows yet.\n")
             continue
@@ -318,7 +326,7 @@ def write_report(run_dir: str | Path) -> Path:
         summary[name] = s
         plots = plot_suite(name, s, rows, plot_dir)
         sections.append(suite_markdown(name, s, manifest, plots))
-    first = json.loads(manifests[0].read_text())
+    first = next(iter(suites.values()))[0]
     versions = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
     machine = first["machine"]
     head = (f"# Benchmark report: {run.name}\n\n{versions} · {machine['platform']}, {machine['cpu_count']} CPUs, "

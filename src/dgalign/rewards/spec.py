@@ -9,7 +9,9 @@
 
 A trailing ":" or "@" followed by a number is always the weight; after ":" anything that is not a
 number is an attribute (or, after "hf:", a model), so "mypkg:score" and "toxicity:2" cannot be
-confused. Parameters go to the reward class's constructor ("hf:org/rm(batch_size=4)" too); each
+confused; after a `REWARDS` name that is not also an importable module, after a second ":" and after
+"@" it can only be a weight, so "toxicity:nan" and "mypkg:score@abc" are bad weights, not attributes.
+A weight must be finite. Parameters go to the reward class's constructor ("hf:org/rm(batch_size=4)" too); each
 VALUE is a Python literal (20, 0.5, True, 'text, commas too') or else a bare word taken as a string.
 
 One parameter belongs to the spec, not to the reward, and any term takes it: `standardize=true`
@@ -21,6 +23,8 @@ answers (`standardize=FILE` for a JSONL of {"prompt", "completion"}), computed o
 
 import ast
 import importlib
+import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,8 @@ HF_FACTORY = "dgalign.rewards.hf:HFRewardModel"
 
 _WEIGHT = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _TERM = re.compile(rf"(?P<source>[^()]*?)(?:\((?P<params>[^()]*)\))?(?:[:@](?P<weight>{_WEIGHT}))?")
+_NUMBER = re.compile(_WEIGHT)
+_PARAMS_WEIGHT = re.compile(r"(?P<name>[^()]*\([^()]*\))\s*[:@](?P<weight>[^()]*)")  # a weight after (...)
 _TERM_SEP = re.compile(r",(?![^()]*\))")  # commas outside parentheses
 _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _PARAM_SEP = re.compile(r""",(?=(?:[^'"]|'[^']*'|"[^"]*")*$)""")  # commas outside quoted values
@@ -122,17 +128,20 @@ def _term(text: str) -> tuple[str, float, Reward]:
         raise _malformed(text, "'::' is not valid; one ':' separates MODULE from ATTR, or NAME from WEIGHT")
     match = _TERM.fullmatch(text)
     if match is None:
+        if weighted := _PARAMS_WEIGHT.fullmatch(text):  # "length(target=5):nan"
+            _weight(weighted["name"].strip(), weighted["weight"])
         raise _malformed(
             text, "parameters go in one (...) right after the source, and only a weight may follow them"
         )
     source, weight = match["source"].strip(), match["weight"]
-    if "@" in source:
-        raise _malformed(text, f"the weight after '@' must be a number, got {source.rpartition('@')[2]!r}")
     if not source:
         raise _malformed(text, "no reward is named before the weight")
+    if weight is None and (bad := _trailing_weight(source)):
+        _weight(*bad)
     name, w = text, 1.0
     if weight is not None:
-        name, w = text[: match.start("weight") - 1].strip(), float(weight)
+        name = text[: match.start("weight") - 1].strip()
+        w = _weight(name, weight)
     params = _params(text, match["params"])
     standardize = params.pop("standardize", False)
     reward = _build(text, source, params)
@@ -142,6 +151,32 @@ def _term(text: str) -> tuple[str, float, Reward]:
     key = source + (f"({','.join(f'{k}={v!r}' for k, v in sorted(params.items()))})" if params else "")
     calibration = None if standardize in (True, "true") else Path(str(standardize)).expanduser()
     return name, w, Standardized(reward, key, calibration)
+
+
+def _weight(name: str, raw: str) -> float:
+    """A term's WEIGHT as a float: a decimal number, and finite ("1e999" is not)."""
+    value = float(raw) if _NUMBER.fullmatch(raw) else math.nan
+    if not math.isfinite(value):
+        raise DGAlignError(f"reward weight for {name!r} must be a finite number, got {raw!r} (e.g. '{name}:0.5')")
+    return value
+
+
+def _trailing_weight(source: str) -> tuple[str, str] | None:
+    """(what it weights, the text) where a source without a valid WEIGHT ends in what can only be meant as
+    one: anything after '@'; after a second ':' ("pkg:score:nan"); or after a `REWARDS` name and ':'
+    ("toxicity:nan", "toxicity:abc"), unless that name is also an importable module (then MODULE:ATTR)."""
+    if "@" in source:
+        name, _, raw = source.rpartition("@")
+        return name.strip(), raw
+    if source.startswith("hf:"):
+        return None
+    if source.count(":") > 1:
+        name, _, raw = source.rpartition(":")
+        return name.strip(), raw
+    name, colon, raw = source.partition(":")
+    if colon and raw and name in REWARDS and importlib.util.find_spec(name) is None:
+        return name, raw
+    return None
 
 
 def _build(term: str, source: str, params: dict) -> Reward:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_choice, check_range
 from ..cost import Meter
-from ..errors import DGAlignError
 from ..ops import filter_logits, sample_logprobs
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill
@@ -30,6 +30,11 @@ MODES = ("greedy", "sample")
 class ARGSConfig(SamplerConfig):
     top_k: int = 10  # candidates rescored per token: the top-k of p_θ (within top_p, if set)
     mode: str = "greedy"  # "greedy": argmax of (1); "sample": draw from softmax((1) / temperature)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("ARGS mode", self.mode, MODES)
+        check_range("top_k", self.top_k, 1)  # candidates rescored per token
 
 
 @torch.no_grad()
@@ -43,10 +48,6 @@ def sample_args(
     callback: Callable[[dict], None] | None = None,
 ) -> Samples:
     """ARGS with weight w = β on the partial-text reward; rows that reach EOS leave the batch."""
-    if cfg.mode not in MODES:
-        raise DGAlignError(f"unknown ARGS mode {cfg.mode!r}; valid: {', '.join(MODES)}")
-    if cfg.top_k < 1:
-        raise DGAlignError(f"ARGS needs top_k >= 1 candidates per token, got {cfg.top_k}")
     meter = Meter(lm)
     size = len(prompts) * cfg.num_samples
     prompt_texts = [prompts.texts[b // cfg.num_samples] for b in range(size)]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_range
 from ..cost import Meter
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill, score
@@ -47,6 +48,16 @@ class LangevinConfig(SamplerConfig):
     init_scale: float = 3.0  # s: logit bonus of the base sample's own token at init
     round_k: int = 5  # rounding: choose among the LM's top-k next tokens (COLD's top-k)
     surrogate_l2: float = 1.0  # ridge penalty λ of the surrogate head (on standardised features)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("step_size", self.step_size, 0, open_low=True)
+        check_range("noise_start", self.noise_start, 0, open_low=True)  # σ is geometric from it: > 0
+        check_range("noise_end", self.noise_end, 0)
+        check_range("top_m", self.top_m, 1)
+        check_range("init_scale", self.init_scale, 0)
+        check_range("round_k", self.round_k, 1)
+        check_range("surrogate_l2", self.surrogate_l2, 0, open_low=True)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_range
 from ..cost import Meter
 from ..errors import DGAlignError
 from ..ops import filter_logits
@@ -42,6 +43,12 @@ class RefineConfig(SamplerConfig):
     span: int = 8  # ℓ: tokens rewritten per proposal, a contiguous span at a uniform random start
     jacobi_iters: int = 8  # most Jacobi sweeps per proposal; >= span makes the rewrite exact
     accept: str = "greedy"  # "greedy": keep a rewrite unless the reward drops; "mh": Metropolis–Hastings with β
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.accept not in ACCEPT:
+            raise DGAlignError(f"refine: accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
+        check_range("span", self.span, 1)
 
 
 def _draw(logq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -72,10 +79,6 @@ def sample_refine(
     callback: Callable[[dict], None] | None = None,
 ) -> Samples:
     """`num_samples` drafts per prompt, each refined by `steps` span rewrites; returns the final states."""
-    if cfg.accept not in ACCEPT:
-        raise DGAlignError(f"refine: accept must be one of {', '.join(ACCEPT)}, got {cfg.accept!r}")
-    if cfg.span < 1 or cfg.jacobi_iters < 1:
-        raise DGAlignError(f"refine: span and jacobi_iters must be at least 1, got {cfg.span}, {cfg.jacobi_iters}")
     meter = Meter(lm)
     emb = lm.embeddings().detach()  # (V, D)
     device = emb.device

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_choice, check_range
 from ..cost import Meter
-from ..errors import DGAlignError
 from ..ops import gather, proposal_logprobs, sample_logprobs
 from ..smc_math import RESAMPLING, ess, log_mean_exp, resample
 from ..types import LM, DecodeState, Prompts, Reward, SamplerConfig, Samples
@@ -37,6 +37,12 @@ class SMCConfig(SamplerConfig):
     ess_threshold: float = 0.5  # resample a run when its ESS falls below this fraction of `particles`
     twist: str = "reward"  # ψ_t: "reward" = β·r(c, partial text); "none" = 0 (plain particle filter)
     resampling: str = "systematic"  # "systematic" or "multinomial"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("twist", self.twist, TWISTS)
+        check_choice("resampling scheme", self.resampling, RESAMPLING)
+        check_range("ess_threshold", self.ess_threshold, 0, 1)
 
 
 def twist(cfg: SMCConfig, meter: Meter, reward: Reward, prompts: list[str], texts: list[str],
@@ -58,10 +64,6 @@ def sample_smc(
     callback: Callable[[dict], None] | None = None,
 ) -> Samples:
     """Twisted SMC; `log_z` is log of the mean over runs of each run's unbiased Ẑ."""
-    if cfg.twist not in TWISTS:
-        raise DGAlignError(f"unknown twist {cfg.twist!r}; valid: {', '.join(TWISTS)}")
-    if cfg.resampling not in RESAMPLING:
-        raise DGAlignError(f"unknown resampling scheme {cfg.resampling!r}; valid: {', '.join(RESAMPLING)}")
     meter = Meter(lm)
     runs, n, length = len(prompts) * cfg.num_samples, cfg.particles, cfg.max_new_tokens
     size = runs * n  # particle b belongs to run b // n, prompt b // (num_samples·n)

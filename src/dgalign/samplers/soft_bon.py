@@ -43,4 +43,4 @@ def sample_soft_bon(
     # 3. Ẑ = mean weight is unbiased for Z = E_p[exp(β r)]; pool every candidate of a prompt
     per_prompt = log_w.view(len(prompts), cfg.num_samples * cfg.n)
     return pack_rows(lm, meter, pool, pick, ess=float(ess(log_w).mean()), log_z=log_mean_exp(per_prompt),
-                     extras={"candidates": cfg.n})
+                     extras={"candidates": cfg.n, "run_log_z": log_mean_exp(log_w)})  # (groups,) Ẑ of each group

@@ -5,7 +5,8 @@ The event loop only queues and dispatches; the inference function runs in one wo
 served while a batch decodes. A batch is the oldest waiting job plus every other waiting job
 with the same key, up to `max_batch` prompts, gathered for at most `wait_s` after the oldest
 arrived; jobs that arrive while the worker is busy are batched when it frees. `max_batch=1`
-turns batching off.
+turns batching off. At most `max_queue` prompts wait: a job that would exceed it is refused
+(`QueueFull`) at once rather than queued behind work the server cannot finish soon.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class QueueFull(Exception):
+    """The queue already holds as many prompts as it may."""
 
 
 @dataclass
@@ -36,11 +41,13 @@ class Batcher:
         *,
         max_batch: int,
         wait_s: float,
+        max_queue: int = 256,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.run = run
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.max_queue = max_queue  # most prompts waiting (not yet in a sampler call)
         self.on_batch = on_batch  # called with the prompts of each batch (metrics)
         self.waiting: list[Job] = []
         self.arrived = asyncio.Event()
@@ -56,11 +63,21 @@ class Batcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, key: Hashable, size: int, payload: Any) -> Any:
-        """Queue a job and wait for its result (the inference function's exception is raised here)."""
+        """Queue a job and wait for its result (the inference function's exception is raised here).
+
+        Raises `QueueFull` without queueing when `size` more prompts would exceed `max_queue`.
+        """
+        if self.pending + size > self.max_queue:
+            raise QueueFull(f"{self.pending} prompts are waiting and at most {self.max_queue} may")
         job = Job(key, size, payload, asyncio.get_running_loop().create_future())
         self.waiting.append(job)
         self.arrived.set()
         return await job.future
+
+    @property
+    def pending(self) -> int:
+        """Prompts waiting for a sampler call."""
+        return sum(j.size for j in self.waiting if not j.future.done())  # a cancelled job does not count
 
     def _batch_size(self, key: Hashable) -> int:
         return sum(j.size for j in self.waiting if j.key == key)

@@ -1,15 +1,22 @@
 """The served model: a request's alignment becomes a sampler job; a batch of jobs is one sampler call.
 
-`prepare` checks everything a request asks for (limits, method, its config fields, reward) and
-returns the batching key with the job; `run` executes a batch in the inference thread and splits
-the `Samples` back per job. Rewards are built once per spec and kept.
+`check_chars` refuses an oversized prompt before it is tokenised; `prepare` (off the event loop)
+checks everything else a request asks for (limits, method, its config fields, checkpoint, reward)
+and returns the batching key with the job; `run` executes a batch in the inference thread and
+splits the `Samples` back per job. Rewards are built once per spec and kept. A client names only
+what the server ships (built-in rewards with numeric parameters, shipped DGA checkpoints) unless
+the operator allowed more: nothing a client sends makes the server import, read or probe a path.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import logging
 import math
 import re
 import threading
+import typing
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -18,9 +25,12 @@ from ..errors import DGAlignError, UnknownNameError
 from ..ops import make_generator
 from ..rewards import REWARDS, get_reward
 from ..samplers import get_method, get_sampler
+from ..samplers.dga.checkpoint import SHIPPED, DGANets
 from ..types import LM, Prompts, Reward, SamplerConfig
 from .schemas import Alignment, APIError
 from .streaming import sample_base_streaming
+
+log = logging.getLogger("dgalign.server")
 
 # config fields a request sets with OpenAI's own fields, so `alignment.params` may not
 RESERVED = {
@@ -32,14 +42,20 @@ RESERVED = {
 }
 
 _WEIGHT = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-# what a client may name unless --allow-custom-rewards: a `REWARDS` entry whose parameters are numbers
-# or booleans (a string could be a path or a model id: the server would read or load what the client names)
-_NUMBER_PARAM = rf"\s*[A-Za-z_]\w*\s*=\s*(?:{_WEIGHT}|True|False)\s*"
+_NUMBER = re.compile(_WEIGHT)
+_INT = re.compile(r"[+-]?\d{1,9}")  # an integer parameter: no fraction, nothing that overflows a tensor
+# what a client may name unless --allow-custom-rewards: a `REWARDS` entry, its weight a finite number, and
+# only the parameters its constructor types int or float, given as such (a string could be a path or a model
+# id: the server would read or load what the client names); and `standardize=True|False` (any other value is
+# a calibration file)
 _BUILTIN_TERM = re.compile(
-    rf"\s*(?P<name>[A-Za-z][\w-]*)\s*(?:\((?:{_NUMBER_PARAM}(?:,{_NUMBER_PARAM})*)?\))?\s*(?:[:@]\s*{_WEIGHT})?\s*"
+    rf"\s*(?P<name>[A-Za-z][\w-]*)\s*(?:\((?P<params>[^()]*)\))?\s*(?:[:@]\s*(?P<weight>{_WEIGHT}))?\s*"
 )
 _TERM_SEP = re.compile(r",(?![^()]*\))")  # commas outside parentheses
+_FLAGS = ("True", "False", "true", "false")
 _MAX_REWARDS = 32  # reward specs kept built
+_MAX_CHECKPOINTS = 32  # checkpoints kept checked
+CHARS_PER_TOKEN = 16  # a generous bound (English averages about 4): longer prompts are refused untokenised
 
 
 @dataclass(frozen=True)
@@ -49,9 +65,9 @@ class Limits:
     max_prompt_tokens: int = 2048  # longest prompt accepted, in tokens
     max_tokens: int = 512  # largest max_tokens; also a chat request's default
     max_n: int = 16  # most choices per prompt
-    custom_rewards: bool = (
-        False  # accept MODULE:ATTR and hf: reward terms (they import code the client names)
-    )
+    max_body_bytes: int = 4 * 2**20  # largest request body, refused (413) before it is parsed
+    custom_rewards: bool = False  # accept MODULE:ATTR, hf: and string parameters in reward terms
+    checkpoint_paths: bool = False  # accept DGA checkpoint paths, not only the shipped names
 
 
 @dataclass
@@ -90,36 +106,83 @@ class Engine:
         self.lm = lm
         self.limits = limits
         self.generator = make_generator(None, lm.device)  # unseeded requests; inference thread only
+        self.prompt_tokens = min(limits.max_prompt_tokens, lm.max_context)  # the longest servable prompt
         self._rewards: dict[str, Reward] = {}
+        self._checkpoints: dict[str, str | None] = {}  # checkpoint -> the model it was trained for
         self._lock = threading.Lock()
+
+    def check_chars(self, chars: int, param: str) -> None:
+        """Refuse a prompt too long to serve from its length in characters, before tokenising it."""
+        limit = self.prompt_tokens * CHARS_PER_TOKEN
+        if chars > limit:
+            raise APIError(
+                400,
+                f"{param}: {chars} characters; this server accepts at most {limit} "
+                f"({self.prompt_tokens} tokens of at most {CHARS_PER_TOKEN} characters)",
+                param,
+                "context_length_exceeded",
+            )
 
     def reward(self, spec: str) -> Reward:
         """The reward a spec names, built on first use (call it off the event loop: models may load)."""
         if not self.limits.custom_rewards:
             for term in _TERM_SEP.split(spec):
-                match = _BUILTIN_TERM.fullmatch(term)
-                if match is None or match["name"] not in REWARDS:
+                if not _builtin(term):
                     raise APIError(
                         400,
-                        f"reward term {term.strip()!r}: this server accepts built-in rewards only "
-                        f"({', '.join(REWARDS)}), as NAME[(KEY=NUMBER,...)][:WEIGHT]",
+                        f"alignment.reward: term {term.strip()!r} is not allowed; this server accepts "
+                        f"built-in rewards only ({', '.join(REWARDS)}) with their numeric parameters, "
+                        "as NAME[(KEY=NUMBER,...)][:WEIGHT]",
                         "alignment.reward",
                     )
         with self._lock:
             if spec not in self._rewards:
                 try:
                     built = get_reward(spec)
-                except DGAlignError as err:
-                    raise APIError(400, str(err), "alignment.reward") from None
+                except Exception as err:  # a constructor the client chose: what it raises is the request's
+                    if not isinstance(err, DGAlignError):
+                        log.warning("reward %r could not be built", spec, exc_info=True)
+                    raise APIError(400, f"alignment.reward: {_one_line(err)}", "alignment.reward") from None
                 if len(self._rewards) >= _MAX_REWARDS:
                     self._rewards.pop(next(iter(self._rewards)))
                 self._rewards[spec] = built
             return self._rewards[spec]
 
+    def checkpoint(self, spec: str) -> None:
+        """Check a DGA checkpoint a request names: shipped (by name) unless --allow-checkpoint-paths,
+        loadable, and trained for the served model. A refused name is not looked up: a client learns
+        nothing about the server's files."""
+        param = "alignment.params.checkpoint"
+        shipped = spec in SHIPPED
+        if not (shipped or self.limits.checkpoint_paths):
+            raise APIError(
+                400,
+                f"{param} must name a shipped checkpoint ({', '.join(sorted(SHIPPED))}); "
+                "this server does not load checkpoints by path",
+                param,
+            )
+        with self._lock:
+            if spec not in self._checkpoints:
+                try:
+                    model = DGANets.load(spec).meta.get("model")
+                except DGAlignError as err:
+                    log.warning("checkpoint %r: %s", spec, err)
+                    why = f"shipped checkpoint {spec!r} is not installed on this server" if shipped else err
+                    raise APIError(400, f"{param}: {why}", param) from None
+                if len(self._checkpoints) >= _MAX_CHECKPOINTS:
+                    self._checkpoints.pop(next(iter(self._checkpoints)))
+                self._checkpoints[spec] = model
+            model = self._checkpoints[spec]
+        if model != self.lm.name:
+            raise APIError(
+                400,
+                f"{param}: {spec!r} was trained for model {model!r}; this server serves {self.lm.name!r}",
+                param,
+            )
+
     def prepare(
         self,
         alignment: Alignment | None,
-        reward: Reward | None,
         prompts: Prompts,
         *,
         max_tokens: int,
@@ -130,7 +193,8 @@ class Engine:
         stream: bool,
         prompt_param: str,
     ) -> tuple[Hashable, Work]:
-        """Check a request against the limits and the method's config; the batching key and the job."""
+        """Check a request against the limits and the method's config, then build its reward (off the event
+        loop: checkpoints are read, reward models may load); the batching key and the job."""
         lim = self.limits
         if n > lim.max_n:
             raise APIError(400, f"n must be at most {lim.max_n}, got {n}", "n")
@@ -139,10 +203,10 @@ class Engine:
                 400, f"max_tokens must be at most {lim.max_tokens}, got {max_tokens}", "max_tokens"
             )
         longest = max(len(ids) for ids in prompts.ids)
-        if longest > lim.max_prompt_tokens:
+        if longest > self.prompt_tokens:
             raise APIError(
                 400,
-                f"the prompt is {longest} tokens; this server accepts at most {lim.max_prompt_tokens}",
+                f"the prompt is {longest} tokens; this server accepts at most {self.prompt_tokens}",
                 prompt_param,
                 "context_length_exceeded",
             )
@@ -159,7 +223,7 @@ class Engine:
             method = get_method(alignment.method)
         except UnknownNameError as err:
             raise APIError(400, str(err), "alignment.method") from None
-        if method.needs_reward and reward is None:
+        if method.needs_reward and alignment.reward is None:
             raise APIError(
                 400,
                 f'method {alignment.method!r} needs a reward, e.g. "reward": "toxicity"',
@@ -170,21 +234,21 @@ class Engine:
                 raise APIError(
                     400,
                     f"alignment.params may not set {key!r}; use the request's {RESERVED[key]}",
-                    "alignment.params",
+                    f"alignment.params.{key}",
                 )
-        sampler, cfg = get_sampler(alignment.method)
-        settings = {k: _as_text(v) for k, v in alignment.params.items()}
-        settings |= {
+        sampler, default = get_sampler(alignment.method)
+        given = {k: _as_text(v) for k, v in alignment.params.items()}
+        fixed = {
             "max_new_tokens": str(max_tokens),
             "num_samples": str(n),
             "beta": repr(alignment.beta),
             "temperature": repr(temperature),
             "top_p": repr(top_p),
         }
-        try:
-            cfg = apply_overrides(cfg, settings)
-        except DGAlignError as err:
-            raise APIError(400, str(err).removeprefix("--set "), "alignment.params") from None
+        cfg = _config(default, given, fixed)
+        if given.get("checkpoint"):  # only DGA's config has the field, and apply_overrides accepted it
+            self.checkpoint(cfg.checkpoint)
+        reward = None if alignment.reward is None else self.reward(alignment.reward)
         stream_tokens = stream and alignment.method == "base"
         # equal keys may share a sampler call; a seeded job is alone, so its answer depends on its seed only
         key = (
@@ -239,6 +303,65 @@ class Engine:
         """ "stop" when the model ended the answer, "length" when the limit did."""
         ended = bool(tokens) and tokens[-1] in self.lm.eos_token_ids
         return "length" if len(tokens) >= max_tokens and not ended else "stop"
+
+
+def _builtin(term: str) -> bool:
+    """Whether a term names a `REWARDS` entry with numeric parameters of its constructor's types only."""
+    match = _BUILTIN_TERM.fullmatch(term)
+    if match is None or match["name"] not in REWARDS:
+        return False
+    if match["weight"] is not None and not math.isfinite(float(match["weight"])):
+        return False
+    kinds = _numeric_params(match["name"])
+    params = (match["params"] or "").strip()
+    for item in params.split(",") if params else []:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if key == "standardize":
+            ok = value in _FLAGS
+        elif kinds.get(key) is int:
+            ok = _INT.fullmatch(value) is not None
+        elif kinds.get(key) is float:
+            ok = _NUMBER.fullmatch(value) is not None and math.isfinite(float(value))
+        else:  # a string parameter, or no parameter of that name
+            ok = False
+        if not (eq and ok):
+            return False
+    return True
+
+
+@functools.cache
+def _numeric_params(name: str) -> dict[str, type]:
+    """The int and float parameters of a `REWARDS` entry's constructor (none when it cannot be imported:
+    building it then says why)."""
+    module, _, attr = REWARDS[name].factory.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except ImportError:
+        return {}
+    hints = typing.get_type_hints(factory.__init__) if isinstance(factory, type) else {}
+    return {k: t for k, t in hints.items() if t in (int, float)}
+
+
+def _config(default: SamplerConfig, given: dict[str, str], fixed: dict[str, str]) -> SamplerConfig:
+    """The method's config built as the CLI builds it; a refusal names the `alignment.params` field that
+    caused it (the first that fails on its own), or `alignment.params` when only their combination fails."""
+    try:
+        return apply_overrides(default, given | fixed)
+    except (DGAlignError, ValueError) as err:
+        message = str(err).removeprefix("--set ")
+    param = "alignment.params"
+    for key, value in given.items():
+        try:
+            apply_overrides(default, {key: value} | fixed)
+        except (DGAlignError, ValueError):
+            param = f"alignment.params.{key}"
+            break
+    raise APIError(400, f"{param}: {message}", param)
+
+
+def _one_line(err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0]
+    return first if isinstance(err, DGAlignError) else f"{type(err).__name__}: {first}"
 
 
 def _as_text(value) -> str:

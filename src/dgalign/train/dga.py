@@ -29,20 +29,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..config import MAX_SEED, check_choice, check_out_dir, check_range
+from ..errors import DGAlignError
 from ..samplers.ancestral import BaseConfig, sample_base
-from ..samplers.dga.checkpoint import DGANets
+from ..samplers.dga.checkpoint import CONFIG, DGANets
 from ..samplers.dga.denoiser import Candidates, ddpm_mean_var, posterior_logits, tweedie
 from ..samplers.dga.kernel import GuideInputs, analytic
-from ..samplers.dga.sampler import embedding_scale
+from ..samplers.dga.sampler import SCHEDULES, embedding_scale
 from ..samplers.dga.schedule import alpha_bars, base_betas
 from ..types import LM, Prompts, Reward
+
+# TrainConfig's counts: each must be at least 1
+_COUNTS = ("rollouts", "max_new_tokens", "steps", "width", "epochs_phi", "epochs_psi", "batch_size", "score_k",
+           "rollout_batch")
 
 
 @dataclass
 class TrainConfig:
     rollouts: int = 8  # base completions per training prompt
     max_new_tokens: int = 32  # rollout length
-    top_m: int = 64  # candidates per position (must match inference)
+    top_m: int = 64  # candidates per position (must match inference); 0 = the whole vocabulary
     steps: int = 30  # T of the schedule the nets are trained on (inference default)
     schedule: str = "cosine"  # base noise schedule (inference default)
     beta: float = 4.0  # β the proposal δ_ψ is fitted for (it scales linearly with β at inference)
@@ -56,6 +62,19 @@ class TrainConfig:
     score_k: int = 16  # candidates per position scored on prefix ⊕ v (the token taken + draws ∝ p_θ/2 + 1/2m)
     rollout_batch: int = 16  # prompts per rollout batch
     seed: int = 0  # seeds rollouts, noise and initialisation
+
+    def __post_init__(self) -> None:
+        """Concise errors for out-of-range knobs, from the library and from `dgalign train --set` alike."""
+        for name in _COUNTS:
+            check_range(name, getattr(self, name), 1)
+        check_range("top_m", self.top_m, 0)  # 0 = the whole vocabulary
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("beta", self.beta, 0, open_low=True)  # ψ is fitted to ĝ/β
+        check_range("lr", self.lr, 0, open_low=True)
+        check_range("alpha", self.alpha, 0)
+        check_range("alpha_contrast", self.alpha_contrast, 0)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise DGAlignError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
 
     @classmethod
     def tiny(cls) -> TrainConfig:
@@ -210,9 +229,20 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_out(out: str | Path) -> Path:
+    """`out` as a checkpoint directory training may write: creatable, with no file at `<out>.work`, and
+    empty or an earlier checkpoint (the new one replaces it whole, so anything else there would be lost)."""
+    out = check_out_dir(out)
+    check_out_dir(out.with_name(out.name + ".work"), "--out's work directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG).is_file():
+        raise DGAlignError(f"--out {out} is a non-empty directory that is not a DGA checkpoint; the checkpoint "
+                           "would replace it whole: give a new or empty directory")
+    return out
+
+
 def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: str | Path, cfg: TrainConfig) -> DGANets:
     """Train φ then ψ for (lm, reward) on `prompts`; resumable from `<out>.work/`; returns the nets."""
-    out = Path(out)
+    out = check_out(out)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -18,7 +18,6 @@ are renamed to `out` only at the end. The result loads as `load_lm("<model>+adap
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import random
@@ -28,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import HH_ASSISTANT, HH_HUMAN, split_transcripts
+from ..data import HH_ASSISTANT, HH_HUMAN, read_pair_rows, split_transcripts
 from ..errors import DGAlignError
 
 INSTALL = "pip install 'dgalign[dpo]'"
@@ -55,13 +54,6 @@ class DPOTrainConfig:
     logging_steps: int = 5  # loss logged every this many steps
     seed: int = 0  # data shuffle and split, LoRA init
     resume: bool = False  # continue the run in `<out>.partial` from its last checkpoint
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON object of a JSONL file, gzipped when it ends in .gz."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[list[dict], str, str] | None:
@@ -168,14 +160,13 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
     except ImportError as err:
         raise DGAlignError(f"DPO training needs peft and trl ({err.name} is missing): {INSTALL}") from None
     from ..lm import load_lm
+    from ..lm.hf import HFLM
 
     out, pairs = Path(cfg.out).expanduser(), Path(cfg.pairs).expanduser()
     work = out.with_name(f".{out.name}.partial")
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"}
     if out.exists():
         raise DGAlignError(f"{out} already exists; choose another --out or delete it")
-    if not pairs.is_file():
-        raise DGAlignError(f"no preference pairs at {pairs}")
     if cfg.max_pairs < 1 or cfg.eval_pairs < 1 or cfg.epochs <= 0:
         raise DGAlignError("max_pairs and eval_pairs must be at least 1 and epochs positive")
     if work.exists() and not cfg.resume:
@@ -188,11 +179,15 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
         if changed:
             raise DGAlignError(f"--resume with different settings than the partial run: {', '.join(changed)}")
 
+    rows = read_pair_rows(pairs)  # before the model loads: a bad file fails fast
     lm = load_lm(cfg.model)
+    if not isinstance(lm, HFLM):
+        raise DGAlignError(f"DPO fine-tunes a Hugging Face model; {cfg.model!r} has no weights to train "
+                           "(give a built-in name, an HF id or a model directory)")
     model, tokenizer = lm.model, lm.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train, held_out, skipped = select_pairs(read_jsonl(pairs), tokenizer, cfg)
+    train, held_out, skipped = select_pairs(rows, tokenizer, cfg)
     args = trl.DPOConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gzip
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dgalign.data import split_transcripts
+from dgalign.data import read_pair_rows, split_transcripts
 from dgalign.errors import DGAlignError
 from dgalign.rewards.learned import LearnedReward, RewardHead, get_features, save_rm
 from dgalign.types import Reward
@@ -86,32 +84,15 @@ class Pairs:
 
 def read_pairs(path: Path) -> Pairs:
     """Pairs from a JSONL file (gzipped if it ends in .gz); see the module docstring for the formats."""
-    path = Path(path)
-    if not path.is_file():
-        raise DGAlignError(f"pairs file {path} not found")
-    opener = gzip.open if path.suffix == ".gz" else open
     prompts, chosen, rejected = [], [], []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DGAlignError(f"{path}:{line_no}: not JSON ({err.msg})") from err
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-                raise DGAlignError(f'{path}:{line_no}: expected {{"chosen": str, "rejected": str}}, got {line[:80]!r}')
-            if "prompt" in row:
-                if not isinstance(row["prompt"], str):
-                    raise DGAlignError(f"{path}:{line_no}: \"prompt\" must be a string")
-                p, c, r = row["prompt"], row["chosen"], row["rejected"]
-            else:
-                p, c, r = split_transcripts(row["chosen"], row["rejected"])
-            prompts.append(p)
-            chosen.append(c)
-            rejected.append(r)
-    if not prompts:
-        raise DGAlignError(f"pairs file {path} holds no pairs")
+    for row in read_pair_rows(path):
+        if "prompt" in row:
+            p, c, r = row["prompt"], row["chosen"], row["rejected"]
+        else:
+            p, c, r = split_transcripts(row["chosen"], row["rejected"])
+        prompts.append(p)
+        chosen.append(c)
+        rejected.append(r)
     return Pairs(prompts, chosen, rejected)
 
 

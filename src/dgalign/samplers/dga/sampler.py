@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...config import check_choice, check_range
 from ...cost import Meter
 from ...errors import DGAlignError
 from ...ops import gather, sample_logprobs
@@ -35,6 +36,11 @@ from .denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, s
 from .kernel import GuideInputs, analytic, finite_difference, perturb, value_gradient
 from .schedule import RunningStats, adaptive_abar_prev, alpha_bars, base_betas
 from .value import ExactToyValue
+
+SCHEDULES = ("cosine", "linear")  # base noise schedules (schedule.base_betas)
+INITS = ("noise", "draft")
+GRADS = ("analytic", "value", "perturb", "fd", "proposal", "none")  # guidance estimators (kernel.py)
+VALUES = ("auto", "learned", "exact", "none")
 
 
 @dataclass
@@ -57,6 +63,21 @@ class DGAConfig(SamplerConfig):
     particles: int = 1  # N particles per answer; 1 = fast mode, > 1 = exact mode with resampling
     ess_threshold: float = 0.5  # resample a run when ESS < threshold·N
     perturbations: int = 4  # K for the perturb and fd estimators
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("init", self.init, INITS)
+        check_choice("grad estimator", self.grad, ("auto", *GRADS))
+        check_choice("value", self.value, VALUES)
+        check_range("top_m", self.top_m, 0)
+        check_range("t0", self.t0, 0, 1)
+        check_range("adaptive_lambda", self.adaptive_lambda, 0)
+        check_range("adaptive_clip", self.adaptive_clip, 0, open_low=True)
+        check_range("round_tau", self.round_tau, 0)
+        if self.round_mix != -1:
+            check_range("round_mix (or -1 for auto)", self.round_mix, 0, 1)
+        check_range("ess_threshold", self.ess_threshold, 0, 1)
 
 
 @dataclass
@@ -87,9 +108,6 @@ def _resolve(cfg: DGAConfig, nets: DGANets | None, exact_value: ExactToyValue | 
     grad = cfg.grad
     if grad == "auto":
         grad = "proposal" if nets is not None and cfg.proposal else ("analytic" if value != "none" else "fd")
-    valid = {"analytic", "value", "perturb", "fd", "proposal", "none"}
-    if grad not in valid:
-        raise DGAlignError(f"unknown grad estimator {grad!r}; valid: {', '.join(sorted(valid))}")
     if grad in ("proposal", "value") and nets is None:
         raise DGAlignError(f"grad={grad} needs --set checkpoint=DIR")
     if grad in ("analytic", "perturb") and value == "none":
@@ -320,7 +338,7 @@ def sample_dga(
         keep = (resample(pooled, generator, num=cfg.num_samples, scheme="multinomial")
                 + torch.arange(len(prompts))[:, None] * cfg.num_samples * n_part).flatten()
         out_log_z = log_mean_exp(run_log_z.view(len(prompts), cfg.num_samples))
-        extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1),
+        extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1), run_log_z=run_log_z.float(),
                       final_ess=float(ess(lw).mean()),
                       kl_target=float((run.log_q - run.trunc_lp - cfg.beta * rewards).mean() + out_log_z.mean()),
                       kl_base=float(cfg.beta * rewards[keep].mean() - out_log_z.mean()))
