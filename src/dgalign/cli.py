@@ -130,31 +130,33 @@ def _table(rows: list[dict], columns: list[str], as_json: bool) -> None:
 
 @app.command()
 def demo(
-    prompt: Annotated[str, typer.Option(help="A raw continuation prompt (default: one where plain sampling "
-                                             "is often toxic).")] = "",
-    samples: Annotated[int, typer.Option(help="Answers per method (same seed for every method).")] = 8,
+    prompt: Annotated[list[str] | None, typer.Option(help="Raw continuation prompt (repeatable; default: four "
+                                                         "RealToxicityPrompts openings).")] = None,
+    samples: Annotated[int, typer.Option(help="Answers per prompt and method (same seed for every method).")] = 16,
+    show: Annotated[int, typer.Option(help="Answers printed per prompt and method (statistics use all).")] = 2,
     max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = 32,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Plain sampling, best-of-4 and DGA (shipped `toxicity` checkpoint) on one prompt, embedded model."""
+    """Plain sampling, best-of-4 and DGA (shipped `toxicity` checkpoint) on the same prompts, embedded model."""
     from .cost import prepare, timed
-    from .demo import DEMO_PROMPT, render, run_demo
+    from .demo import DEMO_PROMPTS, render, run_demo
     from .lm import load_lm
     from .rewards import get_reward
     from .types import Prompts
 
-    prompt = prompt or DEMO_PROMPT
-    _check(bool(prompt.strip()), "empty prompt: --prompt must contain text")
-    _check(samples >= 1, f"--samples must be at least 1, got {samples}")
+    prompts = list(prompt or DEMO_PROMPTS)
+    _check(all(p.strip() for p in prompts), "empty prompt: every --prompt must contain text")
+    _check(samples >= 2, f"--samples must be at least 2 (the demo reports a standard error), got {samples}")
+    _check(show >= 0, f"--show must be at least 0, got {show}")
     _check(max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     _check_seed(seed)
     typer.echo("loading the embedded SmolLM2-135M-Instruct and the toxicity reward …", err=True)
     lm, load_s = timed(load_lm, "smollm2-135m-instruct", chat=False)
     reward = get_reward("toxicity")
-    setup = prepare(lm, reward, prompts=Prompts.encode(lm, [prompt], raw=True), load_s=load_s)
-    results = run_demo(lm, reward, prompt, samples, max_new_tokens, seed,
+    setup = prepare(lm, reward, prompts=Prompts.encode(lm, prompts, raw=True), load_s=load_s)
+    results = run_demo(lm, reward, prompts, samples, max_new_tokens, seed,
                        progress=lambda label, steps: _progress(steps, disable=False, desc=label))
-    for line in render(results, prompt, setup):
+    for line in render(results, prompts, setup, show):
         typer.echo(line)
 
 
