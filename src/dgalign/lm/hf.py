@@ -7,12 +7,22 @@ or reorder), so decoding is an explicit loop over `start` / `step` / `select` ra
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..errors import DGAlignError
 from ..types import DecodeState
+
+
+def _context_length(model: PreTrainedModel, name: str) -> int:
+    """The longest sequence the model takes: its config's `max_position_embeddings` (GPT-2's n_positions)."""
+    try:
+        return int(model.config.max_position_embeddings)
+    except AttributeError:
+        raise DGAlignError(
+            f"model {name!r}: its {type(model.config).__name__} has no max_position_embeddings, so its context "
+            "length is unknown"
+        ) from None
 
 
 class HFLM:
@@ -38,11 +48,9 @@ class HFLM:
         self.eos_token_ids = eos
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else eos[0]
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.max_context = _context_length(model, name)
         self.forward_tokens = 0
         self.device = next(model.parameters()).device
-        # transformers 5.x renamed `past_key_values` to `cache`; speak whichever this version takes
-        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         # the LM head's input is the last hidden state, whatever the architecture: catch it there
         # (cheaper than output_hidden_states, which keeps every layer's output)
         self._head_input: torch.Tensor | None = None
@@ -92,7 +100,7 @@ class HFLM:
             position_ids=positions,
             use_cache=True,
             logits_to_keep=keep,
-            **{self._cache_kw: cache},
+            cache=cache,  # `past_key_values` before transformers 5.24
         )
         self.forward_tokens += int(ids.shape[0] * ids.shape[1])
         return out.logits.float(), self._head_input[:, -keep:], cache

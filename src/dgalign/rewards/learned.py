@@ -9,7 +9,9 @@ r(c, y) = head(φ(c, y)), where φ is frozen and one of (`get_features`):
 The head (linear or a one-hidden-layer MLP) first standardises φ with statistics of its training
 features. `dgalign train-rm` trains one (dgalign.train.reward_model) and saves it as a directory
 `model.safetensors` + `config.json`; the reward spec `learned(path=DIR)` scores with it. The
-built-in `harmless` reward is one trained on HH-RLHF harmless pairs, on demand, the first time.
+built-in `harmless` reward is one trained on the HH-RLHF harmless pairs into the cache dir. A reward
+only loads: without its trained model it raises a `DGAlignError` naming the `dgalign train-rm`
+command that makes it.
 """
 
 from __future__ import annotations
@@ -17,19 +19,58 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
+import shlex
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dgalign.data import HH_ASSISTANT, HH_HUMAN
+from dgalign.data import HH_ASSISTANT, HH_HUMAN, data_dir, read_pair_rows, split_transcripts
 from dgalign.errors import DGAlignError
 
 WEIGHTS = "model.safetensors"  # head weights and the feature standardisation buffers
 CONFIG = "config.json"  # features, head shape, data, split, validation accuracy, training time
+
+
+# ------------------------------------------------------------------------------------------ pairs
+
+
+@dataclass
+class Pairs:
+    """Preference pairs: for prompt i, answer chosen[i] was preferred to rejected[i]."""
+
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, index: torch.Tensor) -> Pairs:
+        rows = index.tolist()
+        return Pairs(*([items[i] for i in rows] for items in (self.prompts, self.chosen, self.rejected)))
+
+
+def read_pairs(path: Path) -> Pairs:
+    """Pairs from a JSONL file (gzipped if it ends in .gz), one {"prompt"?, "chosen", "rejected"} per line.
+
+    Without a "prompt", chosen and rejected are HH-RLHF transcripts ("\\n\\nHuman: … \\n\\nAssistant: …"):
+    the prompt is their shared prefix up to its last "\\n\\nAssistant:", and the answers are what follows it.
+    """
+    prompts, chosen, rejected = [], [], []
+    for row in read_pair_rows(path):
+        if "prompt" in row:
+            p, c, r = row["prompt"], row["chosen"], row["rejected"]
+        else:
+            p, c, r = split_transcripts(row["chosen"], row["rejected"])
+        prompts.append(p)
+        chosen.append(c)
+        rejected.append(r)
+    return Pairs(prompts, chosen, rejected)
+
 
 def last_turn(prompt: str) -> str:
     """The last user turn of an HH-RLHF transcript ("...\\n\\nHuman: X\\n\\nAssistant:" -> X), else the prompt."""
@@ -166,13 +207,14 @@ def load_rm(path: Path) -> tuple[MiniLMFeatures | LMFeatures | RandomFeatures, R
 class LearnedReward:
     """A reward model trained by `dgalign train-rm`, read from its directory; unbounded, higher is preferred."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         if not (self.path / CONFIG).is_file():
-            raise DGAlignError(
-                f"no trained reward model in {self.path}; train one with "
-                f"`dgalign train-rm --pairs FILE --out {self.path}`"
-            )
+            raise DGAlignError(f"no trained reward model in {self.path}; train one with `{self.train_command()}`")
+
+    def train_command(self) -> str:
+        """The `dgalign train-rm` command that makes this reward's model (named when it is missing)."""
+        return f"dgalign train-rm --pairs FILE --out {self.path}"
 
     @functools.cached_property
     def model(self) -> tuple[MiniLMFeatures | LMFeatures | RandomFeatures, RewardHead, dict]:
@@ -197,23 +239,12 @@ def harmless_dir() -> Path:
 
 
 class Harmless(LearnedReward):
-    """Bradley-Terry reward model of HH-RLHF harmlessness preferences; trained once, on demand, if not cached."""
+    """Bradley-Terry reward model of HH-RLHF harmlessness preferences, read from the cache dir."""
 
     def __init__(self):
-        self.path = harmless_dir()
+        super().__init__(harmless_dir())
 
-    @functools.cached_property
-    def model(self) -> tuple[MiniLMFeatures | LMFeatures | RandomFeatures, RewardHead, dict]:
-        if not (self.path / CONFIG).is_file():
-            from dgalign.data import data_path
-            from dgalign.train.reward_model import HARMLESS, train_and_save
-
-            pairs = data_path(HARMLESS_DATA)
-            print(
-                f"reward 'harmless': no trained model in {self.path}; training one now on {pairs} "
-                f"(features {HARMLESS.features}, once, a few minutes; to do it beforehand: "
-                f"dgalign train-rm --pairs {pairs} --out {self.path})",
-                file=sys.stderr,
-            )
-            train_and_save(pairs, HARMLESS, self.path)
-        return load_rm(self.path)
+    def train_command(self) -> str:
+        # train-rm's defaults are the harmless config (train.reward_model.HARMLESS == RMConfig()); a few minutes
+        pairs = data_dir() / HARMLESS_DATA
+        return shlex.join(["dgalign", "train-rm", "--pairs", str(pairs), "--out", str(self.path)])

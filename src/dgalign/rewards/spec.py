@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from dgalign.errors import DGAlignError, RewardError, UnknownNameError
-from dgalign.rewards import REWARDS
 from dgalign.rewards.standardize import Standardized
+from dgalign.rewards.table import REWARDS
 from dgalign.types import Reward
 
 SYNTAX = (

@@ -37,8 +37,8 @@ _PROBE = 4  # rows scored to fingerprint the reward in the cache key
 def builtin_calibration() -> tuple[list[str], list[str]]:
     """(prompts, completions) of the built-in calibration set (see the module docstring)."""
     from dgalign.data import data_path
+    from dgalign.rewards.learned import read_pairs
     from dgalign.rewards.truthfulness import read_references
-    from dgalign.train.reward_model import read_pairs
 
     refs = list(read_references(data_path("truthfulqa.csv")).items())
     questions = [q for q, _ in refs[:: len(refs) // CALIBRATION_SIZE]][:CALIBRATION_SIZE]  # (100,) spread out

@@ -11,9 +11,8 @@ head with the lowest validation loss is kept (early stopping) and its validation
 reported and saved with the model.
 
 Pairs are JSONL, optionally gzipped, one {"chosen": ..., "rejected": ...} per line, with an
-optional "prompt". Without one, chosen and rejected are HH-RLHF transcripts
-("\\n\\nHuman: … \\n\\nAssistant: …"): the prompt is their shared prefix up to its last
-"\\n\\nAssistant:", and the answers are what follows it.
+optional "prompt"; without one, HH-RLHF transcripts split at their last shared "Assistant:" turn
+(`dgalign.rewards.learned.read_pairs`, re-exported here with `Pairs`).
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dgalign.data import read_pair_rows, split_transcripts
 from dgalign.errors import DGAlignError
-from dgalign.rewards.learned import LearnedReward, RewardHead, get_features, save_rm
+from dgalign.rewards.learned import LearnedReward, Pairs, RewardHead, get_features, read_pairs, save_rm
 from dgalign.types import Reward
 
 
@@ -61,39 +59,6 @@ class RMConfig:
 # minilm reaches 0.655 validation accuracy against 0.60-0.625 on lm:smollm2-135m-instruct, whose
 # features cost ~15x more (all pairs would take ~40 min on 2 CPU cores, minilm ~6 min).
 HARMLESS = RMConfig(features="minilm")
-
-
-# ------------------------------------------------------------------------------------------ pairs
-
-
-@dataclass
-class Pairs:
-    """Preference pairs: for prompt i, answer chosen[i] was preferred to rejected[i]."""
-
-    prompts: list[str]
-    chosen: list[str]
-    rejected: list[str]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def subset(self, index: torch.Tensor) -> Pairs:
-        rows = index.tolist()
-        return Pairs(*([items[i] for i in rows] for items in (self.prompts, self.chosen, self.rejected)))
-
-
-def read_pairs(path: Path) -> Pairs:
-    """Pairs from a JSONL file (gzipped if it ends in .gz); see the module docstring for the formats."""
-    prompts, chosen, rejected = [], [], []
-    for row in read_pair_rows(path):
-        if "prompt" in row:
-            p, c, r = row["prompt"], row["chosen"], row["rejected"]
-        else:
-            p, c, r = split_transcripts(row["chosen"], row["rejected"])
-        prompts.append(p)
-        chosen.append(c)
-        rejected.append(r)
-    return Pairs(prompts, chosen, rejected)
 
 
 def file_sha256(path: Path) -> str:
@@ -166,7 +131,7 @@ def fit_head(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small head on small batches: extra threads only add synchronisation
     try:
-        with torch.enable_grad():  # also when called from a reward under no_grad (harmless trained on demand)
+        with torch.enable_grad():  # also when the caller is under no_grad
             return _fit_head(train_w, train_l, val_w, val_l, cfg, progress)
     finally:
         torch.set_num_threads(threads)
