@@ -29,7 +29,7 @@ import torch
 from ..config import check_range
 from ..cost import Meter
 from ..errors import DGAlignError
-from ..ops import filter_logits
+from ..ops import filter_logits, inverse_cdf
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill, score
 from .rollout import rollout
@@ -49,12 +49,6 @@ class RefineConfig(SamplerConfig):
         if self.accept not in ACCEPT:
             raise DGAlignError(f"refine: accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
         check_range("span", self.span, 1)
-
-
-def _draw(logq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw from log-probs (K, V) with given uniforms (K,) -> (K,) long."""
-    cdf = logq.exp().cumsum(-1)
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 def _proposal(logits: torch.Tensor, eos: torch.Tensor, cfg: RefineConfig) -> torch.Tensor:
@@ -113,7 +107,7 @@ def sample_refine(
         for _ in range(cfg.jacobi_iters):
             used += 1
             new = ids.clone()
-            new[span] = _draw(_proposal(new_logits[span], eos, cfg), u)
+            new[span] = inverse_cdf(_proposal(new_logits[span], eos, cfg), u)
             if torch.equal(new, prev):  # a fixed point: new_logits already belong to `new`
                 break
             new_logits, prev = lm.logits_from_embeddings(prompt_ids, emb[new]), new

@@ -24,7 +24,7 @@ import torch
 from ..config import check_choice, check_range
 from ..cost import Meter
 from ..ops import gather, proposal_logprobs, sample_logprobs
-from ..smc_math import RESAMPLING, ess, log_mean_exp, resample
+from ..smc_math import RESAMPLING, ess, log_mean_exp, pick_rows, resample_runs
 from ..types import LM, DecodeState, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill
 
@@ -68,7 +68,6 @@ def sample_smc(
     runs, n, length = len(prompts) * cfg.num_samples, cfg.particles, cfg.max_new_tokens
     size = runs * n  # particle b belongs to run b // n, prompt b // (num_samples·n)
     prompt_of = [prompts.texts[b // (cfg.num_samples * n)] for b in range(size)]
-    offsets = torch.arange(runs)[:, None] * n  # (R, 1) first particle of each run
     state = prefill(lm, prompts, cfg.num_samples * n)  # rows = alive particles, in particle order
 
     tokens = torch.zeros(size, length, dtype=torch.long)  # (B, T)
@@ -122,18 +121,13 @@ def sample_smc(
         if not alive.any():
             break
         # (3) resample the runs whose ESS fell below the threshold; (4) bank their mean weight
-        need = run_ess < cfg.ess_threshold * n  # (R,)
-        if need.any():
-            lw = log_w.view(runs, n)
-            log_z[need] += log_mean_exp(lw[need])
-            perm = torch.arange(size).view(runs, n)
-            perm[need] = resample(lw[need], generator, scheme=cfg.resampling) + offsets[need]
-            perm = perm.view(-1)  # (B,) ancestor of each new particle
+        perm, log_z_inc, need = resample_runs(log_w.view(runs, n), cfg.ess_threshold, generator, cfg.resampling)
+        if need.any():  # perm (B,): ancestor of each new particle
+            log_z += log_z_inc
             row_of = alive.cumsum(0) - 1  # state row of each alive particle
             tokens, lengths, psi, base_lp, rewards = tokens[perm], lengths[perm], psi[perm], base_lp[perm], rewards[perm]
             alive = alive[perm]
-            lw[need] = 0.0
-            log_w = log_w[perm]
+            log_w = torch.where(need.repeat_interleave(n), 0.0, log_w)  # a resampled run restarts at weight 1
             resamples += need.long()
             state = lm.select(state, row_of[perm[alive]].to(lm.device))
 
@@ -141,7 +135,7 @@ def sample_smc(
     lw = log_w.view(runs, n)
     log_z += log_mean_exp(lw)
     final_ess = ess(lw)
-    pick = (resample(lw, generator, num=1) + offsets).squeeze(-1)  # (R,)
+    pick = pick_rows(lw, generator)  # (R,) global particle ids
     per_prompt = log_z.view(len(prompts), cfg.num_samples)
     return pack(
         lm,

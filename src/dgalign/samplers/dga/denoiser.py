@@ -14,6 +14,8 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from ...types import LM
+
 
 @dataclass
 class Candidates:
@@ -27,6 +29,14 @@ class Candidates:
     def sq_norm(self) -> torch.Tensor:
         """‖e_v‖², (B, m): every reverse step needs it, so it is computed once per candidate set."""
         return (self.emb * self.emb).sum(-1)
+
+
+def embedding_scale(lm: LM) -> float:
+    """RMS norm of the embedding rows: e_v = E_v / scale has ‖e_v‖ ≈ 1 whatever D, so the noise
+    schedule spans the regime where the posterior over tokens is uncertain (with unit-RMS
+    coordinates, ‖e_u − e_v‖² ≈ 2D and the posterior is one-hot at all but the noisiest steps)."""
+    emb = lm.embeddings().detach().float()
+    return float(emb.pow(2).sum(-1).mean().sqrt())
 
 
 def candidates(logits: torch.Tensor, emb: torch.Tensor, top_m: int) -> Candidates:
@@ -73,7 +83,15 @@ def ddpm_mean_var(x_t, x0_hat, abar_t, abar_prev):
     return c0 * x0_hat + ct * x_t, var
 
 
-def time_features(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
+TIME_DIM = 16  # width of the sinusoidal time features that every DGA net reads
+
+
+def net_input_width(emb_dim: int, hidden_dim: int) -> int:
+    """Input width of the DGA nets (g_φ, r_φ, δ_ψ), which all read [x_t (D), h (Dh), time_features(t)]."""
+    return emb_dim + hidden_dim + TIME_DIM
+
+
+def time_features(t: torch.Tensor, dim: int = TIME_DIM) -> torch.Tensor:
     """Sinusoidal features of the noise level t ∈ [0, 1], (B,) -> (B, dim)."""
     freqs = torch.exp(torch.arange(dim // 2, device=t.device) * -(9.0 / (dim // 2)))  # 1 .. e^-9
     ang = t.float()[:, None] * 1000 * freqs
@@ -89,7 +107,7 @@ class Correction(nn.Module):
     def __init__(self, emb_dim: int, hidden_dim: int, width: int = 256):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(emb_dim + hidden_dim + 16, width), nn.SiLU(), nn.Linear(width, emb_dim)
+            nn.Linear(net_input_width(emb_dim, hidden_dim), width), nn.SiLU(), nn.Linear(width, emb_dim)
         )
         nn.init.zeros_(self.net[-1].weight)  # starts at g = 0: the exact Tweedie denoiser
         nn.init.zeros_(self.net[-1].bias)

@@ -53,12 +53,20 @@ def value_gradient(g: GuideInputs, head) -> torch.Tensor:
     return g.beta * grad
 
 
+def _perturbations(g: GuideInputs, k: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """K Gaussian perturbations at the chain's own noise scale, x^(k) = x_t + √σ²·z_k with σ² = 1 − ᾱ_t.
+
+    Returns x^(k) (K, B, D) and σ² (B, 1); the `perturb` and `fd` estimators weight x^(k) − x_t by σ⁻².
+    """
+    sigma2 = 1 - g.abar.to(g.x_t.dtype)[:, None]  # (B, 1)
+    z = torch.randn((k, *g.x_t.shape), generator=generator, device=g.x_t.device, dtype=g.x_t.dtype)
+    return g.x_t[None] + sigma2.sqrt()[None] * z, sigma2
+
+
 def perturb(g: GuideInputs, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """Self-normalised K-perturbation score of the tilted density minus that of the base density."""
     a = g.abar.to(g.x_t.dtype)[:, None]
-    sigma2 = (1 - a)  # (B, 1): perturb at the chain's own noise scale
-    z = torch.randn((k, *g.x_t.shape), generator=generator, device=g.x_t.device, dtype=g.x_t.dtype)
-    xs = g.x_t[None] + sigma2.sqrt()[None] * z  # (K, B, D)
+    xs, sigma2 = _perturbations(g, k, generator)  # (K, B, D), (B, 1)
 
     def log_density(x: torch.Tensor, psi: torch.Tensor | None) -> torch.Tensor:
         sq = ((x[:, :, None, :] - a.sqrt()[None, :, :, None] * g.cand.emb[None]) ** 2).sum(-1)  # (K, B, m)
@@ -76,10 +84,7 @@ def finite_difference(
     g: GuideInputs, k: int, reward_of: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None
 ) -> torch.Tensor:
     """Demon-style estimate from the real reward of K perturbations, each rounded to its likeliest token."""
-    a = g.abar.to(g.x_t.dtype)[:, None]
-    sigma2 = 1 - a
-    z = torch.randn((k, *g.x_t.shape), generator=generator, device=g.x_t.device, dtype=g.x_t.dtype)
-    xs = g.x_t[None] + sigma2.sqrt()[None] * z  # (K, B, D)
+    xs, sigma2 = _perturbations(g, k, generator)  # (K, B, D), (B, 1)
     picks = torch.stack([posterior_logits(x, g.abar, g.cand).argmax(-1) for x in xs])  # (K, B)
     rewards = reward_of(picks)  # (K, B) real reward of prefix ⊕ picked candidate
     tau = rewards.std(0, keepdim=True).clamp(min=1e-6)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .denoiser import time_features
+from .denoiser import net_input_width, time_features
 
 
 class Proposal(nn.Module):
@@ -18,7 +18,7 @@ class Proposal(nn.Module):
     def __init__(self, emb_dim: int, hidden_dim: int, width: int = 256):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(emb_dim + hidden_dim + 16, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+            nn.Linear(net_input_width(emb_dim, hidden_dim), width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
             nn.Linear(width, emb_dim),
         )
 

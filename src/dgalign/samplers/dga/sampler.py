@@ -28,11 +28,19 @@ from ...config import check_choice, check_range
 from ...cost import Meter
 from ...errors import DGAlignError
 from ...ops import gather, sample_logprobs
-from ...smc_math import ess, log_mean_exp, normalise, resample
+from ...smc_math import ess, log_mean_exp, normalise, pick_rows, resample_runs
 from ...types import LM, Prompts, Reward, SamplerConfig, Samples
 from ..common import pack, prefill
 from .checkpoint import DGANets
-from .denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, sq_dist, tweedie
+from .denoiser import (
+    Candidates,
+    candidates,
+    ddpm_mean_var,
+    embedding_scale,
+    posterior_logits,
+    sq_dist,
+    tweedie,
+)
 from .kernel import GuideInputs, analytic, finite_difference, perturb, value_gradient
 from .schedule import RunningStats, adaptive_abar_prev, alpha_bars, base_betas
 from .value import ExactToyValue
@@ -113,14 +121,6 @@ def _resolve(cfg: DGAConfig, nets: DGANets | None, exact_value: ExactToyValue | 
     if grad in ("analytic", "perturb") and value == "none":
         raise DGAlignError(f"grad={grad} needs a value twist (checkpoint, or value=exact on the toy)")
     return value, grad
-
-
-def embedding_scale(lm: LM) -> float:
-    """RMS norm of the embedding rows: e_v = E_v / scale has ‖e_v‖ ≈ 1 whatever D, so the noise
-    schedule spans the regime where the posterior over tokens is uncertain (with unit-RMS
-    coordinates, ‖e_u − e_v‖² ≈ 2D and the posterior is one-hot at all but the noisiest steps)."""
-    emb = lm.embeddings().detach().float()
-    return float(emb.pow(2).sum(-1).mean().sqrt())
 
 
 @torch.no_grad()
@@ -305,13 +305,11 @@ def sample_dga(
             break
         if n_part > 1:  # resample runs whose ESS fell below the threshold
             lw = run.log_w.view(answers, n_part)
-            low = ess(lw) < cfg.ess_threshold * n_part  # (answers,)
             ess_trace.append(float(ess(lw).mean()))
+            index, log_z_inc, low = resample_runs(lw, cfg.ess_threshold, generator)  # (R,) rows; (answers,) × 2
             if low.any():
                 resamples += int(low.sum())
-                log_z += torch.where(low, log_mean_exp(lw), 0.0)
-                local = torch.where(low[:, None], resample(lw, generator), torch.arange(n_part).expand(answers, -1))
-                index = (local + torch.arange(answers)[:, None] * n_part).flatten()
+                log_z += log_z_inc
                 run.reorder(index)
                 run.log_w = torch.where(low.repeat_interleave(n_part), 0.0, run.log_w)
                 state, tok = lm.select(state, index), tok[index]
@@ -335,8 +333,7 @@ def sample_dga(
         # a prompt's answers are drawn from the pool of all its runs' particles, each weighted by
         # Ẑ_run·w̄ (combining independent SMC samplers): consistent as runs grow, for any N
         pooled = (run_log_z[:, None] + normalise(lw)).view(len(prompts), cfg.num_samples * n_part)
-        keep = (resample(pooled, generator, num=cfg.num_samples, scheme="multinomial")
-                + torch.arange(len(prompts))[:, None] * cfg.num_samples * n_part).flatten()
+        keep = pick_rows(pooled, generator, num=cfg.num_samples, scheme="multinomial")  # (answers,) rows
         out_log_z = log_mean_exp(run_log_z.view(len(prompts), cfg.num_samples))
         extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1), run_log_z=run_log_z.float(),
                       final_ess=float(ess(lw).mean()),
