@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..ops import gather, proposal_logprobs, sample_logprobs
 from ..types import LM, DecodeState, SamplerConfig
+
+
+@dataclass
+class Step:
+    """What one decode step saw, kept by `rollout(..., record=m)` for training (DGA §2.6), on the CPU."""
+
+    rows: torch.Tensor  # (b,) original row of each live row
+    hidden: torch.Tensor  # (b, D) float32, h at the prefix
+    top_ids: torch.Tensor  # (b, m) the top-m tokens of p_θ(· | prefix)
+    top_logp: torch.Tensor  # (b, m) their log-probs, renormalised over the top-m
+    tokens: torch.Tensor  # (b,) the token drawn
 
 
 @dataclass
@@ -20,6 +31,7 @@ class Rollout:
     proposal_logprobs: torch.Tensor  # (B,) log q(y | prefix) under the filtered proposal
     token_base_logprobs: torch.Tensor  # (B, T) log p_θ of each drawn token, 0 past the row's end
     token_proposal_logprobs: torch.Tensor  # (B, T) log q of each drawn token, 0 past the row's end
+    trace: list[Step] = field(default_factory=list)  # one `Step` per decode step when recorded, else empty
 
 
 def rollout(
@@ -30,10 +42,13 @@ def rollout(
     *,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
+    record: int = 0,
 ) -> Rollout:
     """Sample every row of `state` to EOS; rows that finish leave the batch (their cache rows too).
 
     `max_new_tokens` is one limit for all rows or a (B,) tensor of per-row limits (each >= 1).
+    `record` = m > 0 keeps a `Step` per position in `Rollout.trace` with the top-m of p_θ; 0 keeps none.
+    The callback observes each step: {"step", "live", "rows" (b,), "tokens" (b,) the ids just drawn}.
     """
     batch = state.batch_size
     limit = torch.as_tensor(max_new_tokens).expand(batch)  # (B,)
@@ -41,6 +56,7 @@ def rollout(
     tokens: list[list[int]] = [[] for _ in range(batch)]
     base_lp = torch.zeros(batch, width)
     prop_lp = torch.zeros(batch, width)
+    trace: list[Step] = []
     rows = torch.arange(batch)  # original row of each live row
     eos = torch.tensor(lm.eos_token_ids)
     for t in range(width):
@@ -50,8 +66,12 @@ def rollout(
         prop_lp[rows, t] = gather(prop, tok).cpu()
         for r, k in zip(rows.tolist(), tok.tolist(), strict=True):
             tokens[r].append(k)
+        if record:
+            top = torch.topk(state.logits.float(), record, dim=-1)  # (b, m)
+            trace.append(Step(rows, state.hidden.float().cpu(), top.indices.cpu(), top.values.log_softmax(-1).cpu(),
+                              tok.cpu()))
         if callback is not None:
-            callback({"step": t, "live": len(rows), "rows": rows, "state": state, "tokens": tok})
+            callback({"step": t, "live": len(rows), "rows": rows, "tokens": tok})
         done = torch.isin(tok.cpu(), eos) | (limit[rows] <= t + 1)
         if done.all():
             break
@@ -59,4 +79,4 @@ def rollout(
             keep = (~done).nonzero().squeeze(-1)
             state, tok, rows = lm.select(state, keep), tok[keep.to(tok.device)], rows[keep]
         state = lm.step(state, tok[:, None])
-    return Rollout(tokens, base_lp.sum(-1), prop_lp.sum(-1), base_lp, prop_lp)
+    return Rollout(tokens, base_lp.sum(-1), prop_lp.sum(-1), base_lp, prop_lp, trace)

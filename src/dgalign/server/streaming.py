@@ -1,9 +1,8 @@
 """Token streaming: plain sampling that reports each token as it is drawn, and the text a client may see.
 
 Samplers decode whole batches and return at the end. Plain sampling (`base`) is streamed token by
-token: each step is the shared `rollout` for one token, so the draws — and a seeded answer — are
-exactly `sample_base`'s. Aligned methods choose among candidates only at the end, so their
-answer is streamed once it is chosen.
+token through `sample_base`'s callback, so the draws — and a seeded answer — are `sample_base`'s.
+Aligned methods choose among candidates only at the end, so their answer is streamed once it is chosen.
 """
 
 from __future__ import annotations
@@ -12,14 +11,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..cost import Meter
-from ..samplers.ancestral import BaseConfig
-from ..samplers.common import pack, prefill, score
-from ..samplers.rollout import rollout
+from ..samplers.ancestral import BaseConfig, sample_base
 from ..types import LM, Prompts, Reward, Samples
 
 
-@torch.no_grad()
 def sample_base_streaming(
     lm: LM,
     reward: Reward | None,
@@ -30,31 +25,12 @@ def sample_base_streaming(
     on_token: Callable[[int, int], None],
 ) -> Samples:
     """`sample_base`, calling `on_token(row, token)` for each token as it is drawn (rows prompt-major)."""
-    meter = Meter(lm)
-    state = prefill(lm, prompts, cfg.num_samples)
-    batch = state.batch_size
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    base_lp = torch.zeros(batch)
-    rows = torch.arange(batch)  # original row of each live row
-    eos = set(lm.eos_token_ids)
-    for t in range(cfg.max_new_tokens):
-        draw = rollout(lm, state, cfg, 1, generator=generator)  # one token for every live row
-        tok = [ids[0] for ids in draw.tokens]
-        base_lp[rows] += draw.base_logprobs
-        for r, k in zip(rows.tolist(), tok, strict=True):
-            tokens[r].append(k)
-            on_token(r, k)
-        done = torch.tensor([k in eos for k in tok])
-        if t == cfg.max_new_tokens - 1 or done.all():
-            break
-        if done.any():
-            keep = (~done).nonzero().squeeze(-1)
-            state, rows, tok = lm.select(state, keep), rows[keep], [tok[i] for i in keep.tolist()]
-        state = lm.step(state, torch.tensor(tok)[:, None])
-    index = [i for i in range(len(prompts)) for _ in range(cfg.num_samples)]
-    texts = [lm.decode(t) for t in tokens]
-    rewards = score(meter, reward, [prompts.texts[i] for i in index], texts)
-    return pack(lm, meter, index, tokens, rewards, base_lp, texts)
+
+    def report(info: dict) -> None:
+        for row, token in zip(info["rows"].tolist(), info["tokens"].tolist(), strict=True):
+            on_token(row, token)
+
+    return sample_base(lm, reward, prompts, cfg, generator=generator, callback=report)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

@@ -30,13 +30,16 @@ import torch
 from tqdm import tqdm
 
 from ..config import MAX_SEED, check_choice, check_out_dir, check_range
+from ..cost import Meter
 from ..errors import DGAlignError
-from ..samplers.ancestral import BaseConfig, sample_base
+from ..samplers.ancestral import BaseConfig
+from ..samplers.common import prefill
 from ..samplers.dga.checkpoint import CONFIG, DGANets
-from ..samplers.dga.denoiser import Candidates, ddpm_mean_var, posterior_logits, tweedie
+from ..samplers.dga.denoiser import Candidates, ddpm_mean_var, embedding_scale, posterior_logits, tweedie
 from ..samplers.dga.kernel import GuideInputs, analytic
-from ..samplers.dga.sampler import SCHEDULES, embedding_scale
+from ..samplers.dga.sampler import SCHEDULES
 from ..samplers.dga.schedule import alpha_bars, base_betas
+from ..samplers.rollout import rollout
 from ..types import LM, Prompts, Reward
 
 # TrainConfig's counts: each must be at least 1
@@ -97,12 +100,18 @@ class Tuples:
 
 @torch.no_grad()
 def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generator: torch.Generator) -> Tuples:
-    """Roll out the base LM on every prompt, recording h_i and the top-m of p_θ(· | prefix) as it decodes,
-    and the partial-text reward of `score_k` candidates per position."""
+    """Roll out the base LM on every prompt, keeping h_i and the top-m of p_θ(· | prefix) at every position
+    (`rollout(..., record=m)`), then score `score_k` candidates per position on the partial text prefix ⊕ v.
+
+    Every reward call, partial texts and final completions alike, goes through a `Meter`; its counts are in
+    `Tuples.meta`.
+    """
+    m = min(cfg.top_m, lm.vocab_size) if cfg.top_m > 0 else lm.vocab_size
+    base = BaseConfig(max_new_tokens=cfg.max_new_tokens, num_samples=cfg.rollouts)
+    meter = Meter(lm)
     hs, ids, lps, tgt, rws, crs = [], [], [], [], [], []
     rewards_all = []
-    m = min(cfg.top_m, lm.vocab_size) if cfg.top_m > 0 else lm.vocab_size
-    pieces: dict[int, str] = {}
+    pieces: dict[int, str] = {}  # token id -> its text, for prefix ⊕ v
 
     def piece(v: int) -> str:
         if v not in pieces:
@@ -111,44 +120,40 @@ def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generato
 
     for start in tqdm(range(0, len(prompts), cfg.rollout_batch), desc="rollouts", unit="batch"):
         batch = Prompts(prompts.texts[start:start + cfg.rollout_batch], prompts.ids[start:start + cfg.rollout_batch])
-        seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
-        prefixes: dict[int, list[int]] = {}
-
-        def record(info: dict, seen=seen, prefixes=prefixes, batch=batch) -> None:
-            state, tok, rows = info["state"], info["tokens"], info["rows"].tolist()
-            top = torch.topk(state.logits.float(), m, dim=-1)
-            logp = top.values.log_softmax(-1)
-            hit = top.indices == tok[:, None]  # (b, m); rows whose token fell outside the top-m are skipped
-            live = hit.any(-1).nonzero().squeeze(-1).tolist()
-            picks = _score_picks(logp[live], hit[live].float().argmax(-1), cfg.score_k, generator)  # (n, k)
-            texts, prompt_texts = [], []
-            for i, pick in zip(live, picks, strict=True):
-                prefix = lm.decode(prefixes.get(rows[i], []))
-                texts += [prefix + piece(int(v)) for v in top.indices[i, pick].tolist()]
-                prompt_texts += [batch.texts[rows[i] // cfg.rollouts]] * len(pick)
-            scores = reward(prompt_texts, texts).float().view(len(live), -1) if texts else None
-            for n, i in enumerate(live):
-                cr = torch.full((m,), float("nan"))
-                cr[picks[n]] = scores[n]
-                seen.append((rows[i], state.hidden[i].float().cpu(), top.indices[i].cpu(), logp[i].cpu(),
-                             int(hit[i].nonzero()[0]), cr))
-            for r, v in zip(rows, tok.tolist(), strict=True):
-                prefixes.setdefault(r, []).append(v)
-
-        out = sample_base(lm, reward, batch, BaseConfig(max_new_tokens=cfg.max_new_tokens, num_samples=cfg.rollouts),
-                          generator=generator, callback=record)
-        rewards_all.append(out.rewards)
-        for row, h, cand, logp, target, cr in seen:
-            hs.append(h)
+        out = rollout(lm, prefill(lm, batch, cfg.rollouts), base, cfg.max_new_tokens, generator=generator, record=m)
+        prompt_of_row = [batch.texts[r // cfg.rollouts] for r in range(len(out.tokens))]  # rows are prompt-major
+        prefixes: dict[tuple[int, ...], str] = {}  # the text of each prefix, decoded once (rollouts share some)
+        scored_rows = []
+        for t, step in enumerate(out.trace):  # step t: the prefix of each live row is its first t tokens
+            hit = step.top_ids == step.tokens[:, None]  # (b, m); a row whose token fell outside the top-m is skipped
+            live = hit.any(-1).nonzero().squeeze(-1)  # (n,)
+            rows, cand = step.rows[live], step.top_ids[live]  # (n,), (n, m)
+            taken = hit[live].float().argmax(-1)  # (n,) index of the drawn token among the candidates
+            picks = _score_picks(step.top_logp[live], taken, cfg.score_k, generator)  # (n, k)
+            texts = []
+            for r, vs in zip(rows.tolist(), cand.gather(1, picks).tolist(), strict=True):
+                prefix = tuple(out.tokens[r][:t])
+                if prefix not in prefixes:
+                    prefixes[prefix] = lm.decode(list(prefix))
+                texts += [prefixes[prefix] + piece(v) for v in vs]
+            cr = torch.full(cand.shape, float("nan"))  # (n, m): NaN where v was not scored
+            if texts:
+                scores = meter.score(reward, [prompt_of_row[r] for r in rows.tolist() for _ in range(picks.shape[1])],
+                                     texts)
+                cr.scatter_(1, picks, scores.view(picks.shape))
+            hs.append(step.hidden[live])
             ids.append(cand)
-            lps.append(logp)
-            tgt.append(target)
-            rws.append(float(out.rewards[row]))
+            lps.append(step.top_logp[live])
+            tgt.append(taken)
             crs.append(cr)
+            scored_rows.append(rows)
+        rewards = meter.score(reward, prompt_of_row, [lm.decode(tokens) for tokens in out.tokens])  # (B,)
+        rewards_all.append(rewards)
+        rws += [rewards[rows] for rows in scored_rows]
     all_r = torch.cat(rewards_all)
-    return Tuples(torch.stack(hs), torch.stack(ids), torch.stack(lps), torch.tensor(tgt), torch.tensor(rws),
-                  torch.stack(crs),
-                  {"completions": len(all_r), "reward_mean": float(all_r.mean()), "reward_std": float(all_r.std())})
+    return Tuples(torch.cat(hs), torch.cat(ids), torch.cat(lps), torch.cat(tgt), torch.cat(rws), torch.cat(crs),
+                  {"completions": len(all_r), "reward_mean": float(all_r.mean()), "reward_std": float(all_r.std()),
+                   "reward_calls": meter.reward_calls, "lm_forward_tokens": lm.forward_tokens - meter.start_tokens})
 
 
 def _score_picks(logp: torch.Tensor, taken: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
