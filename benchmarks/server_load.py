@@ -16,15 +16,14 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from urllib.parse import urlparse
 
 import httpx
+
+from dgalign.server.launch import start_server, stop_server
 
 PROMPTS = [
     "Name a fruit and say why you like it.",
@@ -46,41 +45,6 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, max_batch: int, timeout: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "dgalign",
-        "serve",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--max-batch",
-        str(max_batch),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}: {' '.join(cmd)}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit(f"server did not come up within {timeout} s")
 
 
 async def load(url: str, clients: int, requests: int, max_tokens: int, timeout: float) -> dict:
@@ -169,14 +133,16 @@ def main() -> None:
         )
     else:
         for name, max_batch in [("batching on (--max-batch 16)", 16), ("batching off (--max-batch 1)", 1)]:
-            proc, url = start_server(args.model, max_batch, timeout=180)
+            try:
+                proc, url = start_server(["--model", args.model, "--max-batch", str(max_batch)], timeout=180)
+            except RuntimeError as err:
+                sys.exit(str(err))
             try:
                 runs[name] = asyncio.run(
                     load(url, args.clients, args.requests, args.max_tokens, args.timeout)
                 )
             finally:
-                proc.terminate()
-                proc.wait(30)
+                stop_server(proc, grace=30)
     result = {
         "model": args.model if not args.url else None,
         "clients": args.clients,

@@ -17,7 +17,7 @@ from dgalign.samplers import get_sampler
 from dgalign.samplers.args import ARGSConfig, sample_args
 from dgalign.samplers.qalign import QAlignConfig, sample_qalign
 from dgalign.samplers.smc import SMCConfig, sample_smc
-from dgalign.smc_math import ess, log_mean_exp, normalise, resample
+from dgalign.smc_math import ess, log_mean_exp, normalise, pick_rows, resample, resample_runs
 from dgalign.types import Prompts
 from seeds import OFFSET
 
@@ -64,6 +64,43 @@ def test_single_draw_follows_the_weights(scheme):
 def test_unknown_resampling_scheme_is_a_clear_error():
     with pytest.raises(Exception, match="unknown resampling scheme 'stratified'; valid: systematic, multinomial"):
         resample(torch.zeros(2, 3), scheme="stratified")
+
+
+@pytest.mark.parametrize("scheme", ["systematic", "multinomial"])
+def test_resample_runs_keeps_healthy_runs_and_resamples_the_rest(scheme):
+    n, runs = 8, 4000
+    w = torch.tensor([0.6, 0.3, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0])  # ESS = 1 / Σ w² ≈ 2.2 < N/2
+    skewed = w.log() + 3.0  # unnormalised: mean weight e³/N
+    flat = torch.zeros(n) - 1.0  # ESS = N
+    log_w = torch.stack([flat if r % 2 == 0 else skewed for r in range(runs)])  # (R, N): even runs healthy
+    ancestors, log_z_inc, resampled = resample_runs(log_w, 0.5, torch.Generator().manual_seed(2), scheme)
+    assert ancestors.shape == (runs * n,) and log_z_inc.shape == resampled.shape == (runs,)
+    assert resampled.tolist() == [r % 2 == 1 for r in range(runs)]
+    rows = ancestors.view(runs, n)
+    first = torch.arange(runs)[:, None] * n  # (R, 1) each run's first global row
+    assert torch.equal(rows[0::2], (first + torch.arange(n))[0::2])  # identity where the ESS is high
+    local = rows[1::2] - first[1::2]  # resampled runs draw only from their own particles
+    assert ((local >= 0) & (local < 3)).all()  # zero weights are never drawn
+    counts = torch.zeros(runs // 2, n).scatter_add_(1, local, torch.ones(runs // 2, n))  # copies of each parent
+    if scheme == "systematic":  # floor or ceil of N·w copies
+        assert ((counts >= (n * w).floor()) & (counts <= (n * w).ceil())).all()
+    assert (counts.mean(0) / n - w).abs().max() < 0.015  # copies follow the weights
+    assert torch.allclose(log_z_inc[1::2], torch.full((runs // 2,), 3.0 + math.log(float(w.mean()))))  # log mean w
+    assert (log_z_inc[0::2] == 0).all()
+
+
+def test_resample_runs_draws_nothing_when_no_run_resamples():
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    ancestors, log_z_inc, resampled = resample_runs(torch.zeros(5, 4), 0.5, gen)
+    assert torch.equal(ancestors, torch.arange(20)) and not resampled.any() and (log_z_inc == 0).all()
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_pick_rows_applies_group_offsets():
+    log_w = torch.full((3, 4), -math.inf).scatter(1, torch.tensor([[2], [0], [3]]), 0.0)  # one live row per group
+    assert pick_rows(log_w).tolist() == [2, 4, 11]
+    assert pick_rows(log_w, num=2, scheme="multinomial").tolist() == [2, 2, 4, 4, 11, 11]
 
 
 # -- smc -----------------------------------------------------------------------------------------

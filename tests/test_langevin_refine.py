@@ -3,20 +3,20 @@
 Both are biased samplers, so they are not held to the exact target; instead: Langevin raises the
 reward over its initialisation, rounds to valid tokens and reports exact base log-probs; greedy
 refinement never lowers a sample's reward; MH refinement with converged Jacobi sweeps is exact
-within each length class (a law computable by enumeration); their TV to the target is reported.
+within each length class (a law computable by enumeration); each raises the reward over the base
+beyond noise, and their TV to the target is reported.
 """
 
 import json
+import math
 import sys
 
 import pytest
 import torch
 
 from dgalign.errors import DGAlignError
-from dgalign.eval.exact import (
-    run_exact,
-    toy_reward,
-)
+from dgalign.eval.exact import enumerate_completions, exact_rewards, run_exact, toy_reward
+from dgalign.eval.montecarlo import DELTA
 from dgalign.samplers.langevin import LangevinConfig, Surrogate, noise_schedule, sample_langevin
 from dgalign.samplers.refine import RefineConfig, sample_refine
 from dgalign.types import Prompts
@@ -121,14 +121,31 @@ def test_refine_rejects_bad_settings(toy):
         sample_refine(toy, toy_reward, prompts, RefineConfig(max_new_tokens=3, jacobi_iters=0))
 
 
-@pytest.mark.parametrize(("method", "overrides"), [("langevin", {"beta": "4"}), ("refine", {}),
-                                                   ("refine", {"accept": "mh", "span": "3", "jacobi_iters": "3"})])
-def test_report_tv_to_the_exact_target(method, overrides):
-    """Biased methods: their TV on the toy is reported (run pytest -s to see it), not held to the floor."""
+@pytest.mark.parametrize(("method", "overrides", "closer"), [
+    ("langevin", {"beta": "4"}, False),
+    ("refine", {}, False),
+    ("refine", {"accept": "mh", "span": "3", "jacobi_iters": "3"}, True),
+])
+def test_biased_methods_raise_the_reward_and_report_their_tv(toy, method, overrides, closer):
+    """Biased methods are not held to p_r, but each must raise the mean reward above p_θ's exact mean by more
+    than Hoeffding's two-sided (1 − 10⁻³) bound for 2000 answers in the reward's range (Langevin's answers
+    share one fitted surrogate, so for it the bound is a guide). MH refinement, exact within each length
+    class, must also sit closer to p_r than p_θ does, by more than its tolerance; Langevin's TV (≈ 0.55 vs
+    p_θ's 0.61 at β = 4) and greedy refinement's (≈ 0.28 vs 0.30, with a reward overshooting p_r's) are
+    not measurably closer at this size. The TVs are printed (pytest -s)."""
+    prompts = Prompts.encode(toy, ["ab"])
+    enum = enumerate_completions(toy, prompts.ids[0], toy.max_new_tokens)
+    rewards = exact_rewards(toy, toy_reward, "ab", enum)
+    base_reward = float(enum.logp.exp() @ rewards)
     res = run_exact(method, seed=OFFSET, beta=2.0, samples=2000, overrides=overrides)
-    print(f"\n{method} {overrides}: TV {res['tv']:.3f} (i.i.d. floor {res['tv_floor']:.3f}), "
-          f"reward {res['reward']:.3f} vs exact {res['exact_reward']:.3f}, cost {res['cost']}")
-    assert 0 <= res["tv"] <= 1 and res["cost"]["reward_calls"] > 0
+    print(f"\n{method} {overrides}: TV {res['tv']:.3f} (i.i.d. floor {res['tv_floor']:.3f}, p_θ's "
+          f"{res['tv_of_base_law']:.3f}), reward {res['reward']:.3f} vs exact {res['exact_reward']:.3f} "
+          f"(p_θ's {base_reward:.3f}), cost {res['cost']}")
+    hoeffding = float(rewards.max() - rewards.min()) * math.sqrt(math.log(2 / DELTA) / (2 * res["samples"]))
+    assert res["reward"] > base_reward + hoeffding, res
+    if closer:
+        assert res["tv"] + res["tv_tol"] < res["tv_of_base_law"], res
+    assert res["cost"]["reward_calls"] > 0
 
 
 # -- the embedded model ----------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """The torch port of the Jigsaw BiLSTM (`toxicity-gold`) against outputs of the original Keras model.
 
-KERAS_PROBS were computed with keras 3.15.1, backend torch, from the package's `model.weights.h5`
-and its pickled Keras `Tokenizer`, by tests/data/make_jigsaw_reference.py (run by hand in a
-throwaway Keras venv; its docstring gives the exact commands):
+KERAS_PROBS were computed on the texts of tests/data/jigsaw_texts.json with keras 3.15.1, backend
+torch, from the package's `model.weights.h5` and its pickled Keras `Tokenizer`, by
+tests/data/make_jigsaw_reference.py (run by hand in a throwaway Keras venv; its docstring gives the
+exact commands):
 
     KERAS_BACKEND=torch /tmp/kvenv/bin/python tests/data/make_jigsaw_reference.py
 """
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,17 +22,8 @@ needs_package = pytest.mark.skipif(
     importlib.util.find_spec("toxic_classifier") is None, reason="toxic-comment-classifier not installed"
 )
 
-# Keep in sync with TEXTS in tests/data/make_jigsaw_reference.py.
-TEXTS = [
-    "Thank you for the helpful edits, I really appreciate your work on this article.",
-    "The meeting has been moved to Tuesday afternoon; see the talk page for details.",
-    "You are a stupid idiot and everyone hates you.",
-    "Shut up, you worthless piece of shit. Go kill yourself!",
-    "I will find you and I will hurt you, you f***ing LOSER!!!",
-    "",
-    "Don't revert my edits again.\tIt's (really) NOT vandalism -- check\nthe sources: www.example.com",
-    " ".join(["this article is fine and well sourced"] * 20) + " but you are an idiot",  # 145 words > 100
-]
+# The texts, shared with tests/data/make_jigsaw_reference.py; the last has 145 words (> MAXLEN = 100).
+TEXTS = json.loads((Path(__file__).parent / "data" / "jigsaw_texts.json").read_text())
 CLEAN, TOXIC = [0, 1, 6], [2, 3, 4]
 
 # keras 3.15.1, backend torch, model.weights.h5: sigmoid outputs per text.

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +22,8 @@ import torch
 from dgalign.eval.exact import toy_reward
 from dgalign.server.batcher import Batcher, QueueFull
 from dgalign.server.engine import Engine, Limits
+from dgalign.server.launch import start_server as launch_server
+from dgalign.server.launch import stop_server
 from dgalign.server.schemas import APIError
 from dgalign.server.streaming import TextStream, cut_at_stop
 
@@ -47,48 +46,14 @@ def prompt_length_reward(prompts: list[str], completions: list[str]) -> torch.Te
     return torch.tensor([float(len(p)) for p in prompts])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the server process imports the rewards above (`test_server:NAME`) from this directory
+SERVER_ENV = {"OMP_NUM_THREADS": "1",
+              "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
 
 
 def start_server(tmp_path: Path, *args: str, timeout: float = 60.0):
-    """`python -m dgalign serve ARGS` on a free loopback port; (process, url) once /health answers."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    log = open(tmp_path / f"server-{port}.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dgalign", "serve", "--port", str(port), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {(tmp_path / log.name).read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"server did not answer /health within {timeout} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """`dgalign serve ARGS` (`dgalign.server.launch`), its log in `tmp_path`; (process, url) once /health answers."""
+    return launch_server(args, log=tmp_path / "server.log", env=SERVER_ENV, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

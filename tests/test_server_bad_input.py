@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from dgalign.server.engine import Engine, Limits
+from dgalign.server.launch import stop_server
 from dgalign.server.schemas import Alignment, APIError
 from dgalign.types import Prompts
-from test_server import KEY, start_server, stop_server
+from test_server import KEY, start_server
 
 MAX_PROMPT_TOKENS = 32  # toy context is 64: prompts of at most 32 * 16 = 512 characters
 MAX_CHARS = MAX_PROMPT_TOKENS * 16

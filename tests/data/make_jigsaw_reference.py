@@ -1,4 +1,5 @@
-"""Print Keras reference outputs of the `toxic-comment-classifier` Jigsaw BiLSTM for tests/test_reward_jigsaw.py.
+"""Print Keras reference outputs of the `toxic-comment-classifier` Jigsaw BiLSTM for tests/test_reward_jigsaw.py,
+on the texts in tests/data/jigsaw_texts.json.
 
 Run by hand in a throwaway venv with Keras 3 (never install Keras in the project venv). The
 numbers in the test were made with keras 3.15.1, backend torch 2.13.0+cpu, this way (the .pth line
@@ -17,6 +18,7 @@ TensorFlow, so it is not imported here); tokenisation uses the pickled Keras `To
 """
 
 import importlib.util
+import json
 import pickle
 from pathlib import Path
 
@@ -26,17 +28,7 @@ from keras import layers
 
 MAXLEN, VOCAB_SIZE, EMBEDDING_DIM, N_LABELS = 100, 20000, 50, 6  # toxic_classifier/model.py
 
-# Keep in sync with TEXTS in tests/test_reward_jigsaw.py.
-TEXTS = [
-    "Thank you for the helpful edits, I really appreciate your work on this article.",
-    "The meeting has been moved to Tuesday afternoon; see the talk page for details.",
-    "You are a stupid idiot and everyone hates you.",
-    "Shut up, you worthless piece of shit. Go kill yourself!",
-    "I will find you and I will hurt you, you f***ing LOSER!!!",
-    "",
-    "Don't revert my edits again.\tIt's (really) NOT vandalism -- check\nthe sources: www.example.com",
-    " ".join(["this article is fine and well sourced"] * 20) + " but you are an idiot",
-]
+TEXTS = json.loads((Path(__file__).parent / "jigsaw_texts.json").read_text())  # shared with the test
 
 
 def main() -> None:
