@@ -5,7 +5,7 @@
   first incorrect answer. Truthfulness is scored leave-one-out: both candidate answers are
   removed from the references it compares against (else each would match itself exactly).
 - harmless: pairwise accuracy on the HH-RLHF harmless pairs held out from its training (the
-  model is trained on demand, a few minutes, if not cached yet).
+  model is trained first, a few minutes, if not cached yet).
 
     python benchmarks/reward_checks.py [--n 20] [--judge-model NAME] [--skip-harmless] [--json]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,9 +57,12 @@ def rank_rate(reward, items) -> dict:
 
 
 def harmless_check() -> dict:
-    from dgalign.rewards.learned import HARMLESS_DATA
-    from dgalign.train.reward_model import held_out, pair_accuracy, read_pairs
+    from dgalign.rewards.learned import CONFIG, HARMLESS_DATA, harmless_dir
+    from dgalign.train.reward_model import HARMLESS, held_out, pair_accuracy, read_pairs, train_and_save
 
+    if not (harmless_dir() / CONFIG).is_file():  # a reward never trains itself; this script may, once
+        print("training the harmless reward model (a few minutes, once) ...", file=sys.stderr)
+        train_and_save(data_path(HARMLESS_DATA), HARMLESS, harmless_dir())
     reward = get_reward("harmless")
     term = reward.terms[0][2]
     path = data_path(HARMLESS_DATA)

@@ -367,3 +367,13 @@ def test_checkpoint_paths_only_when_allowed(toy, tmp_path):
         assert err.value.status == 400 and err.value.param == "alignment.params.checkpoint"
     key, work = _prepare(opened, "")  # no checkpoint: DGA's exact-Tweedie denoiser
     assert work.cfg.checkpoint == ""
+
+
+def test_a_reward_this_machine_cannot_build_is_refused_without_its_paths(toy, tmp_path, monkeypatch):
+    """`harmless` is valid but untrained here: the client learns that, not where the server keeps its files."""
+    monkeypatch.setenv("DGALIGN_CACHE", str(tmp_path / "cache"))
+    engine = Engine(toy, Limits())
+    with pytest.raises(APIError, match="'harmless' is not available on this server") as err:
+        engine.reward("harmless")
+    assert err.value.status == 400 and err.value.param == "alignment.reward"
+    assert str(tmp_path) not in str(err.value) and "train-rm" not in str(err.value)

@@ -13,8 +13,13 @@ from typing import Annotated
 
 import typer
 
-from .config import MAX_SEED
+from .config import DEFAULT_MODEL, MAX_SEED
 from .errors import DGAlignError
+
+# the settings dataclasses (torch-free modules): their defaults are the options' defaults, written once
+from .eval.bench_config import BenchConfig
+from .train.dpo import DPOTrainConfig
+from .train.rm_config import RMConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -45,7 +50,7 @@ def _check_seed(seed: int, flag: str = "--seed") -> None:
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts.")],
     model: Annotated[str, typer.Option(help="Built-in name (`dgalign models`), HF id or local path.")] = (
-        "smollm2-135m-instruct"
+        DEFAULT_MODEL
     ),
     method: Annotated[str, typer.Option(help="Sampler (`dgalign methods`).")] = "base",
     reward: Annotated[str, typer.Option(help="Reward spec, e.g. 'toxicity:1,sentiment:0.5'.")] = "toxicity",
@@ -151,7 +156,7 @@ def demo(
     _check(max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     _check_seed(seed)
     typer.echo("loading the embedded SmolLM2-135M-Instruct and the toxicity reward …", err=True)
-    lm, load_s = timed(load_lm, "smollm2-135m-instruct", chat=False)
+    lm, load_s = timed(load_lm, DEFAULT_MODEL, chat=False)
     reward = get_reward("toxicity")
     setup = prepare(lm, reward, prompts=Prompts.encode(lm, prompts, raw=True), load_s=load_s)
     results = run_demo(lm, reward, prompts, samples, max_new_tokens, seed,
@@ -196,7 +201,7 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 @app.command()
 def train(
     out: Annotated[str, typer.Option(help="Checkpoint directory to write.")],
-    model: Annotated[str, typer.Option(help="Built-in name, HF id or local path.")] = "smollm2-135m-instruct",
+    model: Annotated[str, typer.Option(help="Built-in name, HF id or local path.")] = DEFAULT_MODEL,
     reward: Annotated[str, typer.Option(help="Reward spec the nets are trained for.")] = "toxicity",
     prompts: Annotated[str, typer.Option(help="Suite name (rtp-toxic, imdb-open, ...) or a .txt/.jsonl file.")] = (
         "rtp-toxic"
@@ -267,7 +272,7 @@ def exact(
 @app.command()
 def serve(
     model: Annotated[str, typer.Option(help="Built-in name (`dgalign models`), HF id or local path.")] = (
-        "smollm2-135m-instruct"
+        DEFAULT_MODEL
     ),
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -320,14 +325,15 @@ def train_dpo(
     model: Annotated[str, typer.Option(help="Base model: built-in name, HF id or local path.")],
     pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
     out: Annotated[str, typer.Option(help="Adapter directory to create (written when training ends).")],
-    max_pairs: Annotated[int | None, typer.Option(help="Training pairs [200].")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Passes over the training pairs [1].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate of the LoRA weights [5e-4].")] = None,
-    beta: Annotated[float | None, typer.Option(help="DPO β [0.1].")] = None,
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank [8].")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Prompt + answer tokens [256].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Data shuffle / split and LoRA init seed [0].")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the partial run beside --out from its last checkpoint.")] = False,
+    max_pairs: Annotated[int, typer.Option(help="Training pairs.")] = DPOTrainConfig.max_pairs,
+    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = DPOTrainConfig.epochs,
+    lr: Annotated[float, typer.Option(help="Learning rate of the LoRA weights.")] = DPOTrainConfig.lr,
+    beta: Annotated[float, typer.Option(help="DPO β.")] = DPOTrainConfig.beta,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = DPOTrainConfig.lora_r,
+    max_length: Annotated[int, typer.Option(help="Prompt + answer tokens.")] = DPOTrainConfig.max_length,
+    seed: Annotated[int, typer.Option(help="Data shuffle / split and LoRA init seed.")] = DPOTrainConfig.seed,
+    resume: Annotated[bool, typer.Option(help="Continue the partial run beside --out from its last "
+                                              "checkpoint.")] = DPOTrainConfig.resume,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other DPOTrainConfig field, key=value (repeatable).")
     ] = None,
@@ -335,7 +341,6 @@ def train_dpo(
 ) -> None:
     """Fine-tune a LoRA adapter with DPO (the RLHF baseline); run it with --model '<model>+adapter:<out>'."""
     from .config import apply_overrides, check_out_dir, parse_sets
-    from .train.dpo import DPOTrainConfig
     from .train.dpo import train_dpo as run
 
     check_out_dir(out)
@@ -343,7 +348,7 @@ def train_dpo(
            "to train (give a built-in name, an HF id or a model directory)")
     given = {"max_pairs": max_pairs, "epochs": epochs, "lr": lr, "beta": beta, "lora_r": lora_r,
              "max_length": max_length, "seed": seed}
-    settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])
+    settings = {k: str(v) for k, v in given.items()} | parse_sets(set_ or [])  # checked by the config's types
     cfg = apply_overrides(DPOTrainConfig(model=model, pairs=pairs, out=out, resume=resume), settings)
     summary = run(cfg)
     if as_json:
@@ -361,12 +366,14 @@ def train_dpo(
 def train_rm(
     pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
     out: Annotated[str, typer.Option(help="Reward-model directory to create; score with --reward 'learned(path=DIR)'.")],
-    features: Annotated[str | None, typer.Option(help="minilm | lm:<model> | random:<dim>; default minilm.")] = None,
-    val_frac: Annotated[float | None, typer.Option(help="Held-out fraction for early stopping [0.1].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Most passes over the training pairs [200].")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the head [1e-3].")] = None,
-    max_pairs: Annotated[int | None, typer.Option(help="Use a random subset of this many pairs; default all.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Subset, split and initialisation seed [0].")] = None,
+    features: Annotated[str, typer.Option(help="minilm | lm:<model> | random:<dim>.")] = RMConfig.features,
+    val_frac: Annotated[float, typer.Option(help="Held-out fraction for early stopping.")] = RMConfig.val_frac,
+    epochs: Annotated[int, typer.Option(help="Most passes over the training pairs.")] = RMConfig.epochs,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the head.")] = RMConfig.lr,
+    max_pairs: Annotated[int | None, typer.Option(help="Use a random subset of this many pairs; default all.")] = (
+        RMConfig.max_pairs
+    ),
+    seed: Annotated[int, typer.Option(help="Subset, split and initialisation seed.")] = RMConfig.seed,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any other RMConfig field, key=value.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the saved config as JSON.")] = False,
 ) -> None:
@@ -374,12 +381,12 @@ def train_rm(
     from pathlib import Path
 
     from .config import apply_overrides, check_out_dir, parse_sets
-    from .train.reward_model import RMConfig, train_and_save
+    from .train.reward_model import train_and_save
 
     check_out_dir(out)
     given = {"features": features, "val_frac": val_frac, "epochs": epochs, "lr": lr, "max_pairs": max_pairs,
              "seed": seed}
-    settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])
+    settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])  # None: all pairs
     cfg = apply_overrides(RMConfig(), settings)
     meta = train_and_save(Path(pairs), cfg, Path(out), progress=not as_json)
     if as_json:
@@ -428,21 +435,21 @@ def bench(
     methods: Annotated[str | None, typer.Option(help="Comma-separated specs name[:key=value...], e.g. "
                                                      "'base,bon:n=8,dga:checkpoint=DIR'.")] = None,
     grid: Annotated[str | None, typer.Option(help="Named grid of methods, e.g. ablations (after --methods).")] = None,
-    n_prompts: Annotated[int, typer.Option(help="The suite's first N prompts.")] = 40,
-    max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = 32,
+    n_prompts: Annotated[int, typer.Option(help="The suite's first N prompts.")] = BenchConfig.n_prompts,
+    max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = BenchConfig.max_new_tokens,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one row per (prompt, method, seed).")] = "0",
-    model: Annotated[str, typer.Option(help="Built-in name, HF id, local path or toy.")] = "smollm2-135m-instruct",
-    beta: Annotated[float, typer.Option(help="β of every method unless its spec sets beta=.")] = 4.0,
+    model: Annotated[str, typer.Option(help="Built-in name, HF id, local path or toy.")] = BenchConfig.model,
+    beta: Annotated[float, typer.Option(help="β of every method unless its spec sets beta=.")] = BenchConfig.beta,
     reward: Annotated[str | None, typer.Option(help="Proxy reward spec for guidance (default: the suite's).")] = None,
     gold: Annotated[list[str] | None, typer.Option(help="Gold reward spec, evaluation only (repeatable; "
                                                         "default: the suite's).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value for every method whose config has "
                                                                  "the field, e.g. checkpoint=DIR.")] = None,
-    budget_matched: Annotated[float | None, typer.Option(help="Set each method's knob so LM forward tokens per "
-                                                               "answer ≈ X × base's.")] = None,
+    budget_matched: Annotated[float, typer.Option(help="Set each method's knob so LM forward tokens per "
+                                                         "answer ≈ X × base's (0: off).")] = BenchConfig.budget_matched,
     data_dir: Annotated[str | None, typer.Option(help="Benchmark data directory (sets $DGALIGN_DATA).")] = None,
     ppl_model: Annotated[str, typer.Option(help="Perplexity judge model (auto: gemma3-270m if installed, "
-                                                "else the base).")] = "auto",
+                                                "else the base).")] = BenchConfig.ppl_model,
     no_ppl: Annotated[bool, typer.Option("--no-ppl", help="Skip perplexity.")] = False,
     raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Skip / force the chat template "
                                                                   "(default: the suite's).")] = None,
@@ -454,7 +461,7 @@ def bench(
     import time
 
     from .config import parse_sets
-    from .eval.harness import BenchConfig, read_rows, run_bench
+    from .eval.harness import read_rows, run_bench
 
     _check(bool(methods or grid), "give --methods and/or --grid")
     try:
@@ -469,7 +476,7 @@ def bench(
     cfg = BenchConfig(
         suite=suite, out=out, methods=[m for m in (methods or "").split(",") if m.strip()], grid=grid or "",
         n_prompts=n_prompts, max_new_tokens=max_new_tokens, seeds=seed_list, model=model, beta=beta,
-        reward=reward or "", gold=gold, raw=raw, sets=parse_sets(set_ or []), budget_matched=budget_matched or 0.0,
+        reward=reward or "", gold=gold, raw=raw, sets=parse_sets(set_ or []), budget_matched=budget_matched,
         ppl_model="" if no_ppl else ppl_model, device=device,
     )
     started = time.perf_counter()

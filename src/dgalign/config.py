@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .errors import DGAlignError
 
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded default: every command's --model unless given
+
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 MAX_SEED = 2**32 - 1  # seeds every generator accepts (the harness derives per-row seeds from them)
 
@@ -71,6 +73,14 @@ def check_range(name: str, value: float, low: float, high: float = math.inf, *, 
         else:
             wanted = bound if math.isfinite(value) else f"a finite number {bound}"
         raise DGAlignError(f"{name} must be {wanted}, got {value}")
+
+
+def check_counts(cfg: object, *names: str) -> None:
+    """Each named count of a config (candidates, particles, steps...) must be at least 1."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 1:
+            raise DGAlignError(f"{name} must be at least 1, got {value}")
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -11,7 +11,7 @@ import os
 import zlib
 from pathlib import Path
 
-from dgalign.errors import DGAlignError
+from dgalign.errors import DGAlignError, Unavailable
 
 # src/dgalign/data.py -> parents[2] is the checkout root
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
@@ -26,7 +26,7 @@ def data_path(name: str) -> Path:
     """A file in the data directory, or a `DGAlignError` saying where it was looked for."""
     path = data_dir() / name
     if not path.is_file():
-        raise DGAlignError(f"data file {name!r} not found in {path.parent} (set $DGALIGN_DATA to the datasets dir)")
+        raise Unavailable(f"data file {name!r} not found in {path.parent} (set $DGALIGN_DATA to the datasets dir)")
     return path
 
 

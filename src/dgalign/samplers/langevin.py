@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_range
+from ..config import check_counts, check_range
 from ..cost import Meter
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill, score
@@ -51,6 +51,7 @@ class LangevinConfig(SamplerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_counts(self, "n", "steps")
         check_range("step_size", self.step_size, 0, open_low=True)
         check_range("noise_start", self.noise_start, 0, open_low=True)  # σ is geometric from it: > 0
         check_range("noise_end", self.noise_end, 0)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_counts
 from ..cost import Meter
 from ..smc_math import uniform
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
@@ -33,6 +34,10 @@ from .rollout import rollout
 @dataclass
 class QAlignConfig(SamplerConfig):
     steps: int = 32  # Metropolis–Hastings steps per chain, one suffix proposal each
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_counts(self, "steps")
 
 
 def _splice(old: torch.Tensor, suffix: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:

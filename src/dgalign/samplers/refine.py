@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_range
+from ..config import check_counts, check_range
 from ..cost import Meter
 from ..errors import DGAlignError
 from ..ops import filter_logits, inverse_cdf
@@ -46,6 +46,7 @@ class RefineConfig(SamplerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_counts(self, "steps", "jacobi_iters")
         if self.accept not in ACCEPT:
             raise DGAlignError(f"refine: accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
         check_range("span", self.span, 1)

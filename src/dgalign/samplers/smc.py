@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_choice, check_range
+from ..config import check_choice, check_counts, check_range
 from ..cost import Meter
 from ..ops import gather, proposal_logprobs, sample_logprobs
 from ..smc_math import RESAMPLING, ess, log_mean_exp, pick_rows, resample_runs
@@ -40,6 +40,7 @@ class SMCConfig(SamplerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_counts(self, "particles")
         check_choice("twist", self.twist, TWISTS)
         check_choice("resampling scheme", self.resampling, RESAMPLING)
         check_range("ess_threshold", self.ess_threshold, 0, 1)

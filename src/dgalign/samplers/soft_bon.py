@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from ..cost import Meter
-from ..smc_math import ess, log_mean_exp, resample
-from ..types import LM, Prompts, Reward, SamplerConfig, Samples
-from .common import draw_pool, pack_rows
+from ..smc_math import ess, log_mean_exp, pick_rows
+from ..types import LM, Prompts, Reward, Samples
+from .common import PoolConfig, draw_pool, pack_rows
 
 
 @dataclass
-class SoftBoNConfig(SamplerConfig):
+class SoftBoNConfig(PoolConfig):
     n: int = 8  # candidates per returned completion
 
 
@@ -39,7 +39,7 @@ def sample_soft_bon(
     # 1. importance weight of each candidate for p_r: w = p_θ·exp(β r) / q
     log_w = (cfg.beta * pool.rewards + pool.rollout.base_logprobs - pool.rollout.proposal_logprobs).view(groups, cfg.n)
     # 2. one draw per group from the normalised weights
-    pick = resample(log_w, generator, num=1).squeeze(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
+    pick = pick_rows(log_w, generator)  # (groups,) row ids
     # 3. Ẑ = mean weight is unbiased for Z = E_p[exp(β r)]; pool every candidate of a prompt
     per_prompt = log_w.view(len(prompts), cfg.num_samples * cfg.n)
     return pack_rows(lm, meter, pool, pick, ess=float(ess(log_w).mean()), log_z=log_mean_exp(per_prompt),

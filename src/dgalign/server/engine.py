@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from ..config import apply_overrides
-from ..errors import DGAlignError, UnknownNameError
+from ..errors import DGAlignError, Unavailable, UnknownNameError
 from ..ops import make_generator
 from ..rewards import REWARDS, get_reward
 from ..samplers import get_method, get_sampler
@@ -139,6 +139,11 @@ class Engine:
             if spec not in self._rewards:
                 try:
                     built = get_reward(spec)
+                except Unavailable as err:  # valid, but this machine lacks a part: its paths are not the client's
+                    log.warning("reward %r is unavailable here: %s", spec, err)
+                    raise APIError(400, f"alignment.reward: {spec!r} is not available on this server (a model or "
+                                   "file it needs is not installed; see the server log)", "alignment.reward",
+                                   "reward_unavailable") from None
                 except Exception as err:  # a constructor the client chose: what it raises is the request's
                     if not isinstance(err, DGAlignError):
                         log.warning("reward %r could not be built", spec, exc_info=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...config import check_choice, check_range
+from ...config import check_choice, check_counts, check_range
 from ...cost import Meter
 from ...errors import DGAlignError
 from ...ops import gather, sample_logprobs
@@ -74,6 +74,7 @@ class DGAConfig(SamplerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_counts(self, "steps", "block", "particles", "perturbations")
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("init", self.init, INITS)
         check_choice("grad estimator", self.grad, ("auto", *GRADS))
@@ -320,10 +321,10 @@ def sample_dga(
     # KL(q ‖ p_θ): the rounding's log q(y | x̂_0) is conditional on the chain, not the law of the answers, so
     # it is not used. Fast mode: log q ≈ Σ log of the twisted next-token law the chain targets (k = 1, with
     # a twist). Exact mode: the answers follow p_r = p_θ,m·e^{βr}/Z, so KL ≈ β·E[r] − log Ẑ (below).
-    extras = {"grad": grad, "value": value}
+    extras, kl = {"grad": grad, "value": value}, None
     if n_part == 1:
         if cfg.block == 1 and value != "none":  # the twist was known at every token
-            extras["kl_base"] = float((run.log_tilt - run.base_lp).mean())
+            kl = float((run.log_tilt - run.base_lp).mean())
         keep = torch.arange(rows)
         out_log_z = None
     else:  # final correction β·r − ψ(final)
@@ -337,11 +338,11 @@ def sample_dga(
         out_log_z = log_mean_exp(run_log_z.view(len(prompts), cfg.num_samples))
         extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1), run_log_z=run_log_z.float(),
                       final_ess=float(ess(lw).mean()),
-                      kl_target=float((run.log_q - run.trunc_lp - cfg.beta * rewards).mean() + out_log_z.mean()),
-                      kl_base=float(cfg.beta * rewards[keep].mean() - out_log_z.mean()))
+                      kl_target=float((run.log_q - run.trunc_lp - cfg.beta * rewards).mean() + out_log_z.mean()))
+        kl = float(cfg.beta * rewards[keep].mean() - out_log_z.mean())
     idx = keep.tolist()
     return pack(lm, meter, [int(prompt_of_row[i]) for i in idx], [run.tokens[i] for i in idx], rewards[keep],
-                run.base_lp[keep], [texts[i] for i in idx], log_z=out_log_z, extras=extras)
+                run.base_lp[keep], [texts[i] for i in idx], log_z=out_log_z, kl_to_base=kl, extras=extras)
 
 
 def _defensive_mix(cfg: DGAConfig, k: int) -> float:

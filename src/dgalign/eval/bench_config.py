@@ -1,0 +1,32 @@
+"""`dgalign bench`'s settings, apart from the harness so that the CLI reads their defaults without loading torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import DEFAULT_MODEL
+
+
+@dataclass
+class BenchConfig:
+    suite: str  # SUITES name, or a .txt / .jsonl prompts file
+    out: str  # run directory: <suite>.jsonl rows and <suite>.manifest.json
+    methods: list[str] = field(default_factory=lambda: ["base"])  # specs name:key=value:...; each is its row label
+    grid: str = ""  # a GRIDS name whose methods run after `methods` ("" = none)
+    n_prompts: int = 40  # the suite's first N prompts
+    max_new_tokens: int = 32  # completion length limit of every method
+    seeds: list[int] = field(default_factory=lambda: [0])  # one row per (prompt, method, seed)
+    model: str = DEFAULT_MODEL  # built-in name, HF id, local path, or "toy"
+    beta: float = 4.0  # β of every method unless its spec sets beta= (4: what `dgalign train` fits for)
+    reward: str = ""  # proxy reward spec, used for guidance; "" = the suite's
+    gold: list[str] | None = None  # gold reward specs, evaluation only; None = the suite's (files: none)
+    raw: bool | None = None  # True: no chat template; None = the suite's (prompt files: chat)
+    sets: dict[str, str] = field(default_factory=dict)  # key=value for every method whose config has the field
+    budget_matched: float = 0.0  # > 0: each method's knob set so LM forward tokens/answer ≈ this × base's
+    ppl_model: str = "auto"  # perplexity judge; "auto" = gemma3-270m if installed, else the base; "" = none
+    device: str | None = None  # cpu, cuda, ...; None = cuda when available
+
+
+# fields that give rows their meaning: a resumed run must agree with the manifest on these
+IDENTITY = ("suite", "model", "max_new_tokens", "beta", "reward", "gold", "raw", "sets", "budget_matched",
+            "ppl_model")
