@@ -26,7 +26,8 @@ test: setup
 	$(PY) -m pytest -q
 
 # the statistical tests again with shifted seeds: a tolerance that only holds on a lucky seed fails here
-STAT_TESTS := tests/test_claims.py tests/test_samplers_exact.py tests/test_baselines_exact.py tests/test_dga.py tests/test_langevin_refine.py
+STAT_TESTS := tests/test_claims.py tests/test_samplers_exact.py tests/test_baselines_exact.py tests/test_dga.py tests/test_langevin_refine.py \
+	tests/test_property_exact.py
 test-seeds: setup
 	DGALIGN_TEST_SEED_OFFSET=1000 $(PY) -m pytest -q -m 'not slow and not integration' $(STAT_TESTS)
 
