@@ -43,7 +43,8 @@ def test_generate_json_on_toy(monkeypatch, capsys):
     assert obj["model"] == "toy" and obj["method"] == "bon"
     assert [r["prompt"] for r in obj["results"]] == ["ab", "ab", "ca", "ca"]
     assert set(obj["results"][0]) == {"prompt", "completion", "reward", "num_tokens"}
-    assert set(obj["cost"]) == {"wall_s", "lm_forward_tokens", "reward_calls", "tokens_per_s", "peak_rss_mb", "setup"}
+    assert set(obj["cost"]) == {"wall_s", "lm_forward_tokens", "reward_calls", "tokens_per_s", "peak_rss_mb",
+                                "peak_memory_mb", "memory", "setup"}
     assert set(obj["cost"]["setup"]) == {"load_s", "reward_load_s", "warmup_s"}
     assert obj["cost"]["reward_calls"] == 12  # 2 prompts x 2 samples x n=3 (the setup's reward call is not counted)
 

@@ -32,6 +32,14 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory of this process's work on `device`, MiB, and what was measured: the accelerator's
+    allocator peak (`max_memory_allocated`) on CUDA, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    return peak_rss_mb(), "rss"
+
+
 class Meter:
     """Counts what one sampler call spends; `finish()` returns the `Cost`.
 
@@ -47,19 +55,22 @@ class Meter:
     def score(self, reward: Reward, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Call the reward on a batch, count the calls, and insist on a finite (B,) float tensor."""
         self.reward_calls += len(completions)
-        values = torch.as_tensor(reward(prompts, completions), dtype=torch.float32)
+        values = torch.as_tensor(reward(prompts, completions), dtype=torch.float32, device="cpu")  # rewards: CPU
         if values.shape != (len(completions),) or not torch.isfinite(values).all():
             name = getattr(reward, "name", repr(reward))
             raise RewardError(f"reward {name!r} returned {tuple(values.shape)} with non-finite values or wrong shape")
         return values
 
     def finish(self, generated_tokens: int) -> Cost:
+        memory, kind = peak_memory_mb(torch.device(self.lm.device))
         return Cost(
             lm_forward_tokens=self.lm.forward_tokens - self.start_tokens,
             reward_calls=self.reward_calls,
             wall_s=time.perf_counter() - self.start_time,
             peak_rss_mb=peak_rss_mb(),
             generated_tokens=generated_tokens,
+            peak_memory_mb=memory,
+            memory=kind,
         )
 
 

@@ -135,6 +135,8 @@ class Cost:
     wall_s: float = 0.0  # wall-clock seconds
     peak_rss_mb: float = 0.0  # peak resident memory of the process, MiB
     generated_tokens: int = 0  # tokens in the returned completions
+    peak_memory_mb: float = 0.0  # peak memory where the LM runs: the accelerator's allocator peak, else RSS
+    memory: str = "rss"  # what peak_memory_mb measured: "rss" or "cuda max_memory_allocated"
 
     @property
     def tokens_per_s(self) -> float:
@@ -147,6 +149,8 @@ class Cost:
             "reward_calls": self.reward_calls,
             "tokens_per_s": round(self.tokens_per_s, 2),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "memory": self.memory,
         }
 
 

@@ -91,7 +91,8 @@ def tv_distance(p: torch.Tensor, q: torch.Tensor) -> float:
 
 def toy_reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
     """The toy's reward in [-0.5, 1]: (#a − ½·#c) / 3 (tied levels, so BoN ties are exercised)."""
-    return torch.tensor([(c.count("a") - 0.5 * c.count("c")) / 3 for c in completions], dtype=torch.float32)
+    return torch.tensor([(c.count("a") - 0.5 * c.count("c")) / 3 for c in completions], dtype=torch.float32,
+                        device="cpu")
 
 
 def weighted_empirical(samples, enum: Enumeration) -> torch.Tensor:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import check_choice
 from ..errors import DGAlignError
 from .embedded import DEFAULT_MODEL, MODELS, converted_dir
 from .toy import ToyConfig, ToyLM
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ToyConfig", "ToyLM", "describe_models", "load_lm", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "MODELS", "ToyConfig", "ToyLM", "describe_models", "load_lm", "resolve_device"]
 
 _HF_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")  # org/name; a leading "." or "/" or "~" makes it a path
 VALID = ("a built-in name (`dgalign models`), a Hugging Face id (org/name), a directory with config.json and "
@@ -82,15 +83,38 @@ def _source(name: str) -> tuple[str | Path, str | None]:
     raise DGAlignError(f"unknown model {name!r}; valid: {VALID} (built in: {', '.join([*MODELS, 'toy'])})")
 
 
+# --dtype: "auto" is float32 on the CPU (half-precision matmuls are slow there) and the checkpoint's own dtype
+# (transformers' dtype="auto") on an accelerator
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | str:
+    """What `from_pretrained(dtype=...)` gets for a `--dtype` value on `device`."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    check_choice("dtype", dtype, DTYPES)
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else "auto"
+    return DTYPES[dtype]
+
+
 def load_lm(
     name_or_path: str = DEFAULT_MODEL,
     *,
-    device: str | None = None,  # None: cuda when available, else cpu
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = "auto",  # auto | float32 | bfloat16 | float16 (DTYPES), or a torch dtype
+    device: str | None = None,  # None: cuda when available, else cpu; ignored with device_map
+    device_map: str | dict | None = None,  # accelerate's placement ("auto", "balanced", {module: device})
+    revision: str | None = None,  # hub branch, tag or commit
+    trust_remote_code: bool = False,  # run the repository's own modelling code (hub models that need it)
     chat: bool | None = None,  # apply the chat template; None: instruct models do
 ):
-    """Load an LM by built-in name, local path or Hugging Face id, optionally `+adapter:<dir>`."""
-    device = resolve_device(device)
+    """Load an LM by built-in name, local path or Hugging Face id, optionally `+adapter:<dir>`.
+
+    Weights load in `dtype` on `device` (or spread by `device_map`); the samplers' own maths upcasts to
+    float32 wherever it needs it, so bf16 and fp16 models sample correctly.
+    """
+    device = resolve_device(device if device_map is None else None)  # with a map: where most of it will be
+    torch_dtype = resolve_dtype(dtype, device)
     if name_or_path == "toy":
         return ToyLM(ToyConfig())
     full_name = name_or_path
@@ -104,9 +128,13 @@ def load_lm(
     source, gguf = _source(name_or_path)
     if name_or_path in MODELS:
         chat = MODELS[name_or_path].chat if chat is None else chat
+    hub = {"revision": revision, "trust_remote_code": trust_remote_code}
+    placement = {"device_map": device_map} if device_map is not None else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf, **hub)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch_dtype, **hub, **placement)
+        if device_map is None:
+            model = model.to(device)
     except Exception as err:  # user files meet a third-party loader: whatever it raises, name the model
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DGAlignError(f"could not load model {name_or_path!r}: {first}") from err

@@ -146,7 +146,7 @@ class HFLM:
         self.forward_tokens += int(ids.numel())
         logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L - 1)
         width = ids.shape[1]
-        out = torch.zeros(len(rows))
+        out = torch.zeros(len(rows), device="cpu")  # (B,) float32 on the CPU, as the toy's
         for i, c in enumerate(completion_ids):
             if c:
                 out[i] = logp[i, width - 1 - len(c) :].sum()
@@ -195,10 +195,10 @@ class HFLM:
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long, device="cpu")  # built here, then moved
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
         for i, r in enumerate(rows):
             if r:
-                ids[i, width - len(r) :] = torch.tensor(r)
+                ids[i, width - len(r) :] = torch.tensor(r, device="cpu")
                 mask[i, width - len(r) :] = 1
         return ids.to(self.device), mask.to(self.device)

@@ -30,7 +30,8 @@ class ToyLM:
 
     def __init__(self, cfg: ToyConfig | None = None):
         self.cfg = cfg = cfg or ToyConfig()
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        cpu = {"generator": gen, "device": "cpu"}  # the toy's weights live on the CPU, whatever the default
         vocab, dim = len(cfg.letters) + 1, cfg.dim
         self.name = "toy"
         self.vocab_size = vocab
@@ -40,13 +41,13 @@ class ToyLM:
         self.max_new_tokens = cfg.max_new_tokens
         self.forward_tokens = 0
         self.device = torch.device("cpu")
-        self.embed = torch.randn(vocab, dim, generator=gen)  # E (V, D)
-        self.w_in = torch.randn(dim, dim, generator=gen) / dim**0.5
-        self.w_rec = torch.randn(dim, dim, generator=gen) / dim**0.5
-        self.bias = torch.randn(dim, generator=gen) * 0.5
-        self.h0 = torch.randn(dim, generator=gen) * 0.5
-        self.w_out = torch.randn(vocab, dim, generator=gen)
-        self.b_out = torch.randn(vocab, generator=gen) * 0.5
+        self.embed = torch.randn(vocab, dim, **cpu)  # E (V, D)
+        self.w_in = torch.randn(dim, dim, **cpu) / dim**0.5
+        self.w_rec = torch.randn(dim, dim, **cpu) / dim**0.5
+        self.bias = torch.randn(dim, **cpu) * 0.5
+        self.h0 = torch.randn(dim, **cpu) * 0.5
+        self.w_out = torch.randn(vocab, dim, **cpu)
+        self.b_out = torch.randn(vocab, **cpu) * 0.5
         self.b_out[-1] += cfg.eos_bias / cfg.sharpness
 
     def encode(self, prompts: list[str], *, raw: bool = False) -> list[list[int]]:
@@ -73,11 +74,11 @@ class ToyLM:
         h = self.h0.expand(len(prompt_ids), -1)
         width = max((len(p) for p in prompt_ids), default=0)
         for t in range(width):  # prompts of one batch may differ in length: rows update only while t < len
-            active = torch.tensor([t < len(p) for p in prompt_ids])
-            tok = torch.tensor([p[t] if t < len(p) else 0 for p in prompt_ids])
+            active = torch.tensor([t < len(p) for p in prompt_ids], device=self.device)
+            tok = torch.tensor([p[t] if t < len(p) else 0 for p in prompt_ids], device=self.device)
             h = torch.where(active[:, None], self._cell(h, tok), h)
         self.forward_tokens += sum(len(p) for p in prompt_ids)
-        return self._state(h, torch.tensor([len(p) for p in prompt_ids]))
+        return self._state(h, torch.tensor([len(p) for p in prompt_ids], device=self.device))
 
     def step(self, state: DecodeState, tokens: torch.Tensor) -> DecodeState:
         h = state.hidden
@@ -109,10 +110,10 @@ class ToyLM:
         return torch.stack(logits, dim=1)
 
     def sequence_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
-        out = torch.zeros(len(prompt_ids))
+        out = torch.zeros(len(prompt_ids), device=self.device)
         for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
             state = self.start([p])
             for tok in c:
                 out[i] += state.logits[0].log_softmax(-1)[tok]
-                state = self.step(state, torch.tensor([[tok]]))
+                state = self.step(state, torch.tensor([[tok]], device=self.device))
         return out

@@ -53,11 +53,11 @@ def sample_args(
     prompt_texts = [prompts.texts[b // cfg.num_samples] for b in range(size)]
     state = prefill(lm, prompts, cfg.num_samples)
     seqs: list[list[int]] = [[] for _ in range(size)]
-    base_lp = torch.zeros(size)
-    rewards = torch.zeros(size)  # reward of each row's text so far; its final value at the end
-    rows = torch.arange(size)  # row of each live state row
+    base_lp = torch.zeros(size, device="cpu")
+    rewards = torch.zeros(size, device="cpu")  # reward of each row's text so far; its final value at the end
+    rows = torch.arange(size, device="cpu")  # row of each live state row
     k = min(cfg.top_k, lm.vocab_size)
-    eos = torch.tensor(lm.eos_token_ids)
+    eos = torch.tensor(lm.eos_token_ids, device="cpu")
 
     for t in range(cfg.max_new_tokens):
         # (1) candidates: the top-k of p_θ among the tokens the nucleus keeps; reward of prefix ⊕ v
@@ -69,7 +69,7 @@ def sample_args(
         live, cands = rows.tolist(), cand.tolist()
         texts = [lm.decode(seqs[live[i]] + [cands[i][j]]) for i, j in pairs]
         scored = meter.score(reward, [prompt_texts[live[i]] for i, _ in pairs], texts)
-        r = torch.zeros(valid.shape).masked_scatter(valid, scored)  # (b, k)
+        r = torch.zeros(valid.shape, device="cpu").masked_scatter(valid, scored)  # (b, k)
         score = cand_lp + cfg.beta * r.to(cand_lp.device)  # (b, k), -inf off the nucleus
 
         # (2) greedy or sampled choice among the candidates

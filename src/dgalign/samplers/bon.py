@@ -36,7 +36,7 @@ def sample_bon(
     meter = Meter(lm)
     groups = len(prompts) * cfg.num_samples  # one group of n candidates per returned completion
     pool = draw_pool(lm, reward, prompts, cfg, cfg.n, meter, generator=generator, callback=callback)
-    best = pool.rewards.view(groups, cfg.n).argmax(-1) + torch.arange(groups) * cfg.n  # (groups,) row ids
+    best = pool.rewards.view(groups, cfg.n).argmax(-1) + torch.arange(groups, device="cpu") * cfg.n  # (groups,) rows
     return pack_rows(lm, meter, pool, best, kl_bound=bon_kl_bound(cfg.n), extras={"candidates": cfg.n})
 
 

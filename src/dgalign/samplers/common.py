@@ -15,13 +15,13 @@ from .rollout import Rollout, rollout
 def prefill(lm: LM, prompts: Prompts, copies: int) -> DecodeState:
     """Prefill each prompt once and repeat its KV cache `copies` times: rows are prompt-major."""
     state = lm.start(prompts.ids)
-    return lm.select(state, torch.arange(len(prompts)).repeat_interleave(copies))
+    return lm.select(state, torch.arange(len(prompts), device=state.logits.device).repeat_interleave(copies))
 
 
 def score(meter: Meter, reward: Reward | None, prompts: list[str], texts: list[str]) -> torch.Tensor:
     """Reward of each completion (NaN everywhere when the sampler was given no reward)."""
     if reward is None:
-        return torch.full((len(texts),), float("nan"))
+        return torch.full((len(texts),), float("nan"), device="cpu")
     return meter.score(reward, prompts, texts)
 
 

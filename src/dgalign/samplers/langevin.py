@@ -94,10 +94,10 @@ def _pool(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists: ids (B, T) and mask (B, T) float."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros(len(rows), width)
+    ids = torch.full((len(rows), width), value, dtype=torch.long, device="cpu")
+    mask = torch.zeros(len(rows), width, device="cpu")
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long, device="cpu")
         mask[i, : len(r)] = 1.0
     return ids, mask
 
@@ -105,13 +105,13 @@ def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]
 def noise_schedule(steps: int, start: float, end: float) -> torch.Tensor:
     """σ_k for k = 0 … steps−1, geometric from `start` to `end` (COLD's annealed noise)."""
     if steps == 1:
-        return torch.tensor([end])
-    return torch.tensor([start * (end / start) ** (k / (steps - 1)) for k in range(steps)])
+        return torch.tensor([end], device="cpu")
+    return torch.tensor([start * (end / start) ** (k / (steps - 1)) for k in range(steps)], device="cpu")
 
 
 def _energy(lm: LM, prompt_ids, logits: torch.Tensor, cand: torch.Tensor, mask: torch.Tensor, head, beta: float):
     """E(ỹ) of eq. (1) per row (B,) and the surrogate reward r̂ (B,)."""
-    emb = lm.embeddings().detach()  # (V, D)
+    emb = lm.embeddings().detach().float()  # (V, D), float32 whatever the model's dtype
     probs = logits.softmax(-1)  # (B, T, m)
     dense = probs.new_zeros(*probs.shape[:2], emb.shape[0]).scatter(-1, cand, probs)  # (B, T, V)
     soft = dense @ emb  # (B, T, D) soft input embeddings
@@ -134,7 +134,7 @@ def sample_langevin(
     """`num_samples` answers per prompt, each a base sample moved by Langevin on (1) and rounded."""
     meter = Meter(lm)
     per_prompt = cfg.n + cfg.num_samples  # n surrogate-training samples, then the inits
-    emb = lm.embeddings().detach()  # (V, D)
+    emb = lm.embeddings().detach().float()  # (V, D), float32 whatever the model's dtype
 
     # base samples: n per prompt to fit r̂ on, num_samples per prompt to start chains from
     state = prefill(lm, prompts, per_prompt)
@@ -163,7 +163,7 @@ def sample_langevin(
     init_reward_hat = head(_pool(emb[ids], mask))
 
     # (2) Langevin: ỹ ← ỹ − η ∇E(ỹ) + σ_k z
-    sigmas = noise_schedule(cfg.steps, cfg.noise_start, cfg.noise_end) if cfg.steps > 0 else torch.zeros(0)
+    sigmas = noise_schedule(cfg.steps, cfg.noise_start, cfg.noise_end) if cfg.steps > 0 else torch.zeros(0, device="cpu")
     backward_tokens = 0
     for k, sigma in enumerate(sigmas.tolist()):
         with torch.enable_grad():
@@ -201,7 +201,7 @@ def _round(lm: LM, prompts: Prompts, cfg: LangevinConfig, logits, cand, mask, ge
     batch, width = mask.shape
     state = prefill(lm, prompts, cfg.num_samples)
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    base_lp = torch.zeros(batch)
+    base_lp = torch.zeros(batch, device="cpu")
     rows = torch.arange(batch, device=mask.device)  # original row of each live row
     eos = torch.tensor(lm.eos_token_ids, device=mask.device)
     for t in range(cfg.max_new_tokens):

@@ -42,7 +42,7 @@ class QAlignConfig(SamplerConfig):
 
 def _splice(old: torch.Tensor, suffix: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
     """Positions < cut from `old` (C, L), positions >= cut from `suffix` (C, W) shifted right by cut."""
-    pos = torch.arange(old.shape[1])[None]  # (1, L)
+    pos = torch.arange(old.shape[1], device=old.device)[None]  # (1, L)
     src = (pos - cut[:, None]).clamp(min=0)  # (C, L); below W wherever it is used, as the suffix limit is L − cut
     return torch.where(pos >= cut[:, None], suffix.gather(1, src), old)
 
@@ -66,12 +66,12 @@ def sample_qalign(
     # the initial state: one base draw per chain
     out = rollout(lm, prefill(lm, prompts, cfg.num_samples), cfg, length, generator=generator)
     seqs = out.tokens  # list of C token lists
-    lengths = torch.tensor([len(s) for s in seqs])  # (C,)
+    lengths = torch.tensor([len(s) for s in seqs], device="cpu")  # (C,)
     log_ratio = out.token_base_logprobs - out.token_proposal_logprobs  # (C, L) log p_θ − log q per token
     base_tok = out.token_base_logprobs  # (C, L)
     texts = [lm.decode(s) for s in seqs]
     rewards = meter.score(reward, prompt_texts, texts)
-    accepted = torch.zeros(chains)
+    accepted = torch.zeros(chains, device="cpu")
     acceptance_by_step = []
 
     for step in range(cfg.steps):
@@ -81,12 +81,12 @@ def sample_qalign(
         state = lm.start([prompts.ids[p] + k for p, k in zip(prompt_of, kept, strict=True)])
         sfx = rollout(lm, state, cfg, length - cut, generator=generator)
         new_seqs = [k + s for k, s in zip(kept, sfx.tokens, strict=True)]
-        new_lengths = cut + torch.tensor([len(s) for s in sfx.tokens])
+        new_lengths = cut + torch.tensor([len(s) for s in sfx.tokens], device="cpu")
         new_texts = [lm.decode(s) for s in new_seqs]
         new_rewards = meter.score(reward, prompt_texts, new_texts)
 
         # (2) acceptance: reward difference, index (length) terms, proposal correction
-        resampled = torch.arange(length)[None] >= cut[:, None]  # (C, L)
+        resampled = torch.arange(length, device="cpu")[None] >= cut[:, None]  # (C, L)
         sfx_ratio = sfx.token_base_logprobs - sfx.token_proposal_logprobs  # (C, W)
         log_alpha = (
             cfg.beta * (new_rewards - rewards)

@@ -96,7 +96,7 @@ def sample_refine(
 
     logits = lm.logits_from_embeddings(prompt_ids, emb[ids])  # (B, T, V) of the current answers
     rewards = score(meter, reward, prompt_texts, [lm.decode(t) for t in draft])
-    trace, accepted, sweeps = [rewards.clone()], torch.zeros(batch), []
+    trace, accepted, sweeps = [rewards.clone()], torch.zeros(batch, device="cpu"), []
     for k in range(cfg.steps):
         # (1) the span: start uniform over the rewritable positions (empty when there are none)
         start = (torch.rand(batch, generator=generator, device=device) * rewritable).long()

@@ -51,19 +51,19 @@ def rollout(
     The callback observes each step: {"step", "live", "rows" (b,), "tokens" (b,) the ids just drawn}.
     """
     batch = state.batch_size
-    limit = torch.as_tensor(max_new_tokens).expand(batch)  # (B,)
+    limit = torch.as_tensor(max_new_tokens, device="cpu").expand(batch)  # (B,) bookkeeping lives on the CPU
     width = int(limit.max())
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    base_lp = torch.zeros(batch, width)
-    prop_lp = torch.zeros(batch, width)
+    base_lp = torch.zeros(batch, width, device="cpu")
+    prop_lp = torch.zeros(batch, width, device="cpu")
     trace: list[Step] = []
-    rows = torch.arange(batch)  # original row of each live row
-    eos = torch.tensor(lm.eos_token_ids)
+    rows = torch.arange(batch, device="cpu")  # original row of each live row
+    eos = torch.tensor(lm.eos_token_ids, device="cpu")
     for t in range(width):
         base, prop = proposal_logprobs(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V) each
         tok = sample_logprobs(prop, generator)  # (b,)
-        base_lp[rows, t] = gather(base, tok).cpu()
-        prop_lp[rows, t] = gather(prop, tok).cpu()
+        base_lp[rows, t] = gather(base, tok).float().cpu()
+        prop_lp[rows, t] = gather(prop, tok).float().cpu()
         for r, k in zip(rows.tolist(), tok.tolist(), strict=True):
             tokens[r].append(k)
         if record:

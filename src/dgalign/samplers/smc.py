@@ -51,7 +51,7 @@ def twist(cfg: SMCConfig, meter: Meter, reward: Reward, prompts: list[str], text
     """ψ_t of unfinished particles, (b,): from their partial texts, or from `state` (their stepped LM rows)."""
     if cfg.twist == "reward":
         return cfg.beta * meter.score(reward, prompts, texts)
-    return torch.zeros(len(texts))  # "none"
+    return torch.zeros(len(texts), device="cpu")  # "none"
 
 
 @torch.no_grad()
@@ -71,17 +71,17 @@ def sample_smc(
     prompt_of = [prompts.texts[b // (cfg.num_samples * n)] for b in range(size)]
     state = prefill(lm, prompts, cfg.num_samples * n)  # rows = alive particles, in particle order
 
-    tokens = torch.zeros(size, length, dtype=torch.long)  # (B, T)
-    lengths = torch.zeros(size, dtype=torch.long)
-    log_w = torch.zeros(size, dtype=torch.float64)  # since the run's last resampling
-    psi = torch.zeros(size, dtype=torch.float64)  # ψ of each particle's current prefix
-    base_lp = torch.zeros(size)  # log p_θ(y | c)
-    rewards = torch.full((size,), float("nan"))  # r(c, y) once finished
-    alive = torch.ones(size, dtype=torch.bool)
-    log_z = torch.zeros(runs, dtype=torch.float64)  # Σ over epochs of log mean weight, per run
-    ess_min = torch.full((runs,), float(n), dtype=torch.float64)
-    resamples = torch.zeros(runs, dtype=torch.long)
-    eos = torch.tensor(lm.eos_token_ids)
+    tokens = torch.zeros(size, length, dtype=torch.long, device="cpu")  # (B, T)
+    lengths = torch.zeros(size, dtype=torch.long, device="cpu")
+    log_w = torch.zeros(size, dtype=torch.float64, device="cpu")  # since the run's last resampling
+    psi = torch.zeros(size, dtype=torch.float64, device="cpu")  # ψ of each particle's current prefix
+    base_lp = torch.zeros(size, device="cpu")  # log p_θ(y | c)
+    rewards = torch.full((size,), float("nan"), device="cpu")  # r(c, y) once finished
+    alive = torch.ones(size, dtype=torch.bool, device="cpu")
+    log_z = torch.zeros(runs, dtype=torch.float64, device="cpu")  # Σ over epochs of log mean weight, per run
+    ess_min = torch.full((runs,), float(n), dtype=torch.float64, device="cpu")
+    resamples = torch.zeros(runs, dtype=torch.long, device="cpu")
+    eos = torch.tensor(lm.eos_token_ids, device="cpu")
 
     for t in range(length):
         live = alive.nonzero().squeeze(-1)  # (b,) particle ids, the rows of `state`

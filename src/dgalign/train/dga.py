@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..config import MAX_SEED, check_choice, check_out_dir, check_range
 from ..cost import Meter
 from ..errors import DGAlignError
+from ..ops import randn
 from ..samplers.ancestral import BaseConfig
 from ..samplers.common import prefill
 from ..samplers.dga.checkpoint import CONFIG, DGANets
@@ -136,7 +137,7 @@ def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generato
                 if prefix not in prefixes:
                     prefixes[prefix] = lm.decode(list(prefix))
                 texts += [prefixes[prefix] + piece(v) for v in vs]
-            cr = torch.full(cand.shape, float("nan"))  # (n, m): NaN where v was not scored
+            cr = torch.full(cand.shape, float("nan"), device="cpu")  # (n, m): NaN where v was not scored
             if texts:
                 scores = meter.score(reward, [prompt_of_row[r] for r in rows.tolist() for _ in range(picks.shape[1])],
                                      texts)
@@ -162,20 +163,20 @@ def _score_picks(logp: torch.Tensor, taken: torch.Tensor, k: int, generator: tor
     n, m = logp.shape
     k = min(max(k, 1), m)
     weights = 0.5 * logp.exp() + 0.5 / m
-    weights[torch.arange(n), taken] = 0.0
+    weights[torch.arange(n, device=weights.device), taken] = 0.0
     others = torch.multinomial(weights, k - 1, replacement=False, generator=generator) if k > 1 and n else \
-        torch.zeros(n, 0, dtype=torch.long)
+        torch.zeros(n, 0, dtype=torch.long, device=taken.device)
     return torch.cat([taken[:, None], others], 1)
 
 
 def _noised(t: Tuples, idx: torch.Tensor, emb: torch.Tensor, abars: torch.Tensor, gen: torch.Generator):
     """A minibatch at random noise levels: candidates, x_0 = e_y, t, x_t and ᾱ_t, ᾱ_{t−1}."""
     cand = Candidates(t.cand_ids[idx], t.cand_logp[idx], emb[t.cand_ids[idx]])
-    x0 = cand.emb[torch.arange(len(idx)), t.target[idx]]  # (B, D)
+    x0 = cand.emb[torch.arange(len(idx), device=idx.device), t.target[idx]]  # (B, D)
     steps = len(abars) - 1
-    ts = torch.randint(1, steps + 1, (len(idx),), generator=gen)
+    ts = torch.randint(1, steps + 1, (len(idx),), generator=gen, device=gen.device)
     a_t, a_prev = abars[ts], abars[ts - 1]
-    x_t = a_t.float().sqrt()[:, None] * x0 + (1 - a_t.float()).sqrt()[:, None] * torch.randn(x0.shape, generator=gen)
+    x_t = a_t.float().sqrt()[:, None] * x0 + (1 - a_t.float()).sqrt()[:, None] * randn(x0.shape, x0, gen)
     return cand, x0, ts.float() / steps, x_t, a_t, a_prev
 
 
@@ -205,13 +206,13 @@ def contrast_loss(nets: DGANets, t: Tuples, idx, cand: Candidates, h: torch.Tens
     part = t.cand_reward[idx]  # (B, m)
     scored = ~part.isnan()
     if not scored.any():
-        return torch.zeros(())
+        return torch.zeros((), device=part.device)
     b, v = scored.nonzero(as_tuple=True)
     pred = nets.value.clean(cand.ids[b, v], cand.emb[b, v], h, b)  # (S,) standardised
     count = scored.sum(-1).clamp(min=1).float()
 
     def centred(x: torch.Tensor) -> torch.Tensor:
-        return x - torch.zeros(len(idx)).index_add(0, b, x)[b] / count[b]
+        return x - torch.zeros(len(idx), device=x.device).index_add(0, b, x)[b] / count[b]
 
     diff = centred(pred) - centred(part[b, v]) / nets.value.std
     return (diff**2).sum() / len(idx)
@@ -250,11 +251,12 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
     out = check_out(out)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # tuples and nets train on the CPU; rollouts
+    # on the LM's device draw from it too (ops.rand moves the draws)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     if (work / "tuples.pt").exists():
-        tuples = Tuples(**torch.load(work / "tuples.pt"))
+        tuples = Tuples(**torch.load(work / "tuples.pt", map_location="cpu"))
     else:
         tuples = collect(lm, reward, prompts, cfg, gen)
         _atomic_torch_save(asdict(tuples), work / "tuples.pt")
@@ -263,7 +265,8 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
     meta = {"model": lm.name, "reward": reward_name, "beta": cfg.beta, "emb_scale": embedding_scale(lm),
             "top_m": cfg.top_m, "steps": cfg.steps, "schedule": cfg.schedule, "train": asdict(cfg),
             "prompts": len(prompts), "tuples": len(tuples.target), **tuples.meta}
-    nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], emb.shape[0], cfg.width, meta)
+    with torch.device("cpu"):  # the nets are small: trained on the CPU, moved to the LM's device when sampling
+        nets = DGANets.fresh(emb.shape[1], tuples.hidden.shape[1], emb.shape[0], cfg.width, meta)
     nets.value.mean.fill_(float(tuples.reward.mean()))
     nets.value.std.fill_(max(float(tuples.reward.std()), 1e-6))
     phi_params = [*nets.correction.parameters(), *nets.value.parameters()]
@@ -271,7 +274,7 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
     opt_psi = torch.optim.AdamW(nets.proposal.parameters(), lr=cfg.lr)
     progress = {"epoch": 0, "losses": {"phi": [], "denoiser": [], "value": [], "contrast": [], "psi": []}}
     if (work / "state.pt").exists():  # resume
-        saved = torch.load(work / "state.pt")
+        saved = torch.load(work / "state.pt", map_location="cpu")
         for name, mod in nets.modules().items():
             mod.load_state_dict(saved["nets"][name])
         opt_phi.load_state_dict(saved["opt_phi"])
@@ -283,7 +286,7 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
     bar = tqdm(range(progress["epoch"], total), desc="training φ, ψ", unit="epoch", initial=progress["epoch"],
                total=total)
     for epoch in bar:
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen, device=gen.device)
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             if epoch < cfg.epochs_phi:

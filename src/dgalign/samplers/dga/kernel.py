@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...ops import randn
 from .denoiser import Candidates, posterior_logits, tweedie
 
 
@@ -59,7 +60,7 @@ def _perturbations(g: GuideInputs, k: int, generator: torch.Generator | None) ->
     Returns x^(k) (K, B, D) and σ² (B, 1); the `perturb` and `fd` estimators weight x^(k) − x_t by σ⁻².
     """
     sigma2 = 1 - g.abar.to(g.x_t.dtype)[:, None]  # (B, 1)
-    z = torch.randn((k, *g.x_t.shape), generator=generator, device=g.x_t.device, dtype=g.x_t.dtype)
+    z = randn((k, *g.x_t.shape), g.x_t, generator)
     return g.x_t[None] + sigma2.sqrt()[None] * z, sigma2
 
 

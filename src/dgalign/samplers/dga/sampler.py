@@ -18,6 +18,7 @@ correction is the paper's algorithm (fast mode). p_θ here is the base truncated
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import torch
 from ...config import check_choice, check_counts, check_range
 from ...cost import Meter
 from ...errors import DGAlignError
-from ...ops import gather, sample_logprobs
+from ...ops import gather, rand, randn, sample_logprobs
 from ...smc_math import ess, log_mean_exp, normalise, pick_rows, resample_runs
 from ...types import LM, Prompts, Reward, SamplerConfig, Samples
 from ..common import pack, prefill
@@ -141,7 +142,7 @@ def sample_dga(
         raise DGAlignError("exact mode (particles > 1) with block > 1 needs --set top_m=0: a position's top-m "
                            "depends on the tokens before it, so a truncated proposal can miss target tokens")
     meter = Meter(lm)
-    nets = DGANets.load(cfg.checkpoint) if cfg.checkpoint else None
+    nets = _load_on(cfg.checkpoint, lm.device) if cfg.checkpoint else None  # the nets follow the LM
     if nets is not None and nets.meta.get("model") != lm.name:
         raise DGAlignError(f"checkpoint {cfg.checkpoint} was trained for model {nets.meta.get('model')!r}, not {lm.name!r}")
     exact_value = (
@@ -150,18 +151,19 @@ def sample_dga(
     )
     value, grad = _resolve(cfg, nets, exact_value)
     emb = lm.embeddings().detach().float() / embedding_scale(lm)  # (V, D)
-    betas = base_betas(cfg.schedule, cfg.steps)
-    abars = alpha_bars(betas)  # (T + 1,)
-
     n_part, answers = cfg.particles, len(prompts) * cfg.num_samples
     rows = answers * n_part
-    prompt_of_row = torch.arange(len(prompts)).repeat_interleave(cfg.num_samples * n_part)
+    prompt_of_row = torch.arange(len(prompts), device="cpu").repeat_interleave(cfg.num_samples * n_part)
     state = prefill(lm, prompts, cfg.num_samples * n_part)
-    run = _Run([[] for _ in range(rows)], torch.zeros(rows, dtype=torch.bool), torch.zeros(rows),
-               torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows), torch.zeros(rows))
-    log_z = torch.zeros(answers)
+    dev = state.logits.device  # the chain, its weights and the schedule live where the LM's outputs do
+    betas = base_betas(cfg.schedule, cfg.steps)
+    abars = alpha_bars(betas).to(dev)  # (T + 1,) float64
+    zeros = functools.partial(torch.zeros, rows, device=dev)  # float32 per-row buffers
+    run = _Run([[] for _ in range(rows)], zeros(dtype=torch.bool), zeros(), zeros(), zeros(), zeros(), zeros(),
+               zeros())
+    log_z = torch.zeros(answers, device=dev)
     stats, resamples, ess_trace = RunningStats(), 0, []
-    eos = torch.tensor(lm.eos_token_ids)
+    eos = torch.tensor(lm.eos_token_ids, device=dev)
 
     def psi_of(cand: Candidates, hid: torch.Tensor, guess: torch.Tensor) -> torch.Tensor | None:
         """ψ(prefix ⊕ ŷ_<j ⊕ v) for every block position j and candidate v, (R·k, m); ŷ (R, k) the rounded block."""
@@ -173,23 +175,23 @@ def sample_dga(
             for j in range(guess.shape[1]):
                 inverse, rep = _distinct(groups, guess[:, :j])
                 cols.append(torch.stack([
-                    torch.zeros(ids.shape[-1]) if run.done[r]
+                    torch.zeros(ids.shape[-1], device="cpu") if run.done[r]
                     else exact_value([(*run.tokens[r], *guess[r, :j].tolist(), v) for v in ids[r, j].tolist()])
                     for r in rep
-                ]).float()[inverse])
+                ]).float().to(dev)[inverse])
             return torch.stack(cols, 1).flatten(0, 1)
         return None
 
     def psi_end(tok: torch.Tensor, kept: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """ψ(prefix ⊕ y_block) for a block y (R, k) kept up to its first EOS; `hidden` (R, k−1, Dh) from peeking y."""
         if value == "learned":  # the head at t = 0 on the last kept token, read at the prefix before it
-            at = torch.arange(rows), (kept.sum(1) - 1).clamp(min=0)
-            h = torch.cat([state.hidden[:, None], hidden], 1)[at]
-            return cfg.beta * nets.value.units(nets.value.clean(tok[at], emb[tok[at]], h, torch.arange(rows)))
+            at = torch.arange(rows, device=dev), (kept.sum(1) - 1).clamp(min=0)
+            h = torch.cat([state.hidden[:, None], hidden], 1)[at].float()
+            return cfg.beta * nets.value.units(nets.value.clean(tok[at], emb[tok[at]], h, at[0]))
         if value == "exact":
             inverse, rep = _distinct(groups, tok)
-            return exact_value([(*run.tokens[r], *tok[r].tolist()) for r in rep]).float()[inverse]
-        return torch.zeros(rows)
+            return exact_value([(*run.tokens[r], *tok[r].tolist()) for r in rep]).float().to(dev)[inverse]
+        return zeros()
 
     def reward_of(picks: torch.Tensor) -> torch.Tensor:
         """Real reward of prefix ⊕ the block spelled by candidate picks (K, R·k), broadcast to (K, R·k).
@@ -207,7 +209,7 @@ def sample_dga(
             texts = [lm.decode(run.tokens[r] + _upto_eos(list(key[1:]), lm.eos_token_ids)) for r, key in todo]
             scores = meter.score(reward, [prompts.texts[int(prompt_of_row[r])] for r, _ in todo], texts)
             scored.update(zip([key for _, key in todo], scores.tolist(), strict=True))
-        values = torch.tensor([scored[key] for key in distinct])[inverse].view(n_pert, rows)
+        values = torch.tensor([scored[key] for key in distinct], device=dev)[inverse].view(n_pert, rows)
         return values.repeat_interleave(k, 1)
 
     for pos in range(0, cfg.max_new_tokens, cfg.block):
@@ -218,23 +220,23 @@ def sample_dga(
         if grad == "fd" or value == "exact":  # rows with the same prompt and prefix share values and rewards
             keys: dict[tuple, int] = {}
             groups = torch.tensor([keys.setdefault((int(prompt_of_row[r]), *run.tokens[r]), len(keys))
-                                   for r in range(rows)])
+                                   for r in range(rows)], device=dev)
             scored: dict[tuple, float] = {}  # fd's reward cache for this block
-        noise = torch.randn((flat, emb.shape[1]), generator=generator)  # x_T, or what noises a draft
+        noise = randn((flat, emb.shape[1]), emb, generator)  # x_T, or what noises a draft
         drafted = _draft(lm, state, cand0, emb, cfg.top_m, k, generator) if cfg.init == "draft" else None
         x, abar, start = _init(cfg, noise, abars, emb, drafted)
         # ŷ (R, k): the block rounded to tokens, which the LM reads for positions ≥ 1; before the first
         # step it is the draft, or position 0's likeliest token everywhere (each step refines it, Jacobi-style)
         guess = drafted if drafted is not None else cand0.ids[:, :1].expand(rows, k)
-        cand, hid, peeked = cand0, state.hidden, None  # (R·k, m) candidates, (R·k, Dh) hidden states
+        cand, hid, peeked = cand0, state.hidden.float(), None  # (R·k, m) candidates, (R·k, Dh) hidden states
         psi = psi_of(cand, hid, guess) if k == 1 else None
         for t in range(start, 0, -1):  # 2.7: T reverse steps
             if k > 1:  # 2.2: the LM on the rounded block gives each position j ≥ 1 its p_θ(· | prefix ⊕ ŷ_<j)
                 peeked = (guess[:, :-1], *lm.peek(state, guess[:, :-1]))
-                cand, hid = _block_candidates(cand0, state.hidden, peeked[1], peeked[2], emb, cfg.top_m)
+                cand, hid = _block_candidates(cand0, state.hidden.float(), peeked[1], peeked[2].float(), emb, cfg.top_m)
                 psi = psi_of(cand, hid, guess)
             abar_prev = abars[t - 1].expand(flat).clone() if cfg.adaptive_lambda == 0 else None
-            t_frac = torch.full((flat,), t / cfg.steps)
+            t_frac = torch.full((flat,), t / cfg.steps, device=dev)
             extra = nets.correction(x, t_frac, hid) if nets is not None else None
             log_pi = posterior_logits(x, abar, cand, extra)
             x0 = tweedie(log_pi, cand)
@@ -251,7 +253,7 @@ def sample_dga(
             gamma = ((1 - abar / abar_prev) / (abar / abar_prev).sqrt()).float()[:, None]  # β_t/√α_t
             x = mean + cfg.guidance_scale * gamma * ghat
             if t > 1:
-                x = x + var.sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+                x = x + var.sqrt() * randn(x.shape, x, generator)
             abar = abar_prev
         # 2.7 rounding, per position: ρ_j(y | x̂_0,j) ∝ p_θ(y)·exp(−‖x̂_0,j − e_y‖²/2τ²) over its top-m. The block's
         # proposal is mixed with ε·p_θ (defensive importance sampling, Hesterberg 1995),
@@ -266,14 +268,14 @@ def sample_dga(
         else:  # all positions rounded at once; with probability ε a row takes a block drawn from p_θ instead
             tok = gather(cand.ids, sample_logprobs(log_rho, generator)).view(rows, k)
             if mix > 0:
-                from_base = torch.rand(rows, generator=generator) < mix
+                from_base = rand((rows,), x0, generator) < mix
                 if from_base.any():  # the draft costs k(k−1)/2 peeked tokens per row
                     tok = torch.where(from_base[:, None], _draft(lm, state, cand0, emb, cfg.top_m, k, generator), tok)
         tok = torch.where(live[:, None], tok, eos[0])  # (R, k)
         is_eos = torch.isin(tok, eos).long()
         kept = live[:, None] & (is_eos.cumsum(1) - is_eos == 0)  # (R, k): the answer ends at a block's first EOS
         if k == 1:
-            psi_y = gather(psi, pick) if psi is not None else torch.zeros(rows)
+            psi_y = gather(psi, pick) if psi is not None else zeros()
             if psi is not None:
                 run.log_tilt += torch.where(live, gather((cand.logp + psi).log_softmax(-1), pick), 0.0)
             block_lq, block_lp = gather(log_q_all, pick), gather(cand.logp, pick)
@@ -317,7 +319,7 @@ def sample_dga(
         state = lm.step(state, tok)  # commit the whole block (tokens after an EOS too: that row is finished)
 
     texts = [lm.decode(t) for t in run.tokens]
-    rewards = meter.score(reward, [prompts.texts[i] for i in prompt_of_row.tolist()], texts)
+    rewards = meter.score(reward, [prompts.texts[i] for i in prompt_of_row.tolist()], texts).to(dev)
     # KL(q ‖ p_θ): the rounding's log q(y | x̂_0) is conditional on the chain, not the law of the answers, so
     # it is not used. Fast mode: log q ≈ Σ log of the twisted next-token law the chain targets (k = 1, with
     # a twist). Exact mode: the answers follow p_r = p_θ,m·e^{βr}/Z, so KL ≈ β·E[r] − log Ẑ (below).
@@ -325,7 +327,7 @@ def sample_dga(
     if n_part == 1:
         if cfg.block == 1 and value != "none":  # the twist was known at every token
             kl = float((run.log_tilt - run.base_lp).mean())
-        keep = torch.arange(rows)
+        keep = torch.arange(rows, device=dev)
         out_log_z = None
     else:  # final correction β·r − ψ(final)
         run.log_w += cfg.beta * rewards - run.psi_prev
@@ -339,10 +341,22 @@ def sample_dga(
         extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1), run_log_z=run_log_z.float(),
                       final_ess=float(ess(lw).mean()),
                       kl_target=float((run.log_q - run.trunc_lp - cfg.beta * rewards).mean() + out_log_z.mean()))
+        out_log_z = out_log_z.cpu()
+        extras["run_log_z"] = extras["run_log_z"].cpu()
         kl = float(cfg.beta * rewards[keep].mean() - out_log_z.mean())
     idx = keep.tolist()
-    return pack(lm, meter, [int(prompt_of_row[i]) for i in idx], [run.tokens[i] for i in idx], rewards[keep],
-                run.base_lp[keep], [texts[i] for i in idx], log_z=out_log_z, kl_to_base=kl, extras=extras)
+    return pack(lm, meter, [int(prompt_of_row[i]) for i in idx], [run.tokens[i] for i in idx], rewards[keep].cpu(),
+                run.base_lp[keep].cpu(), [texts[i] for i in idx], log_z=out_log_z, kl_to_base=kl, extras=extras)
+
+
+def _load_on(checkpoint: str, device: torch.device) -> DGANets:
+    """A checkpoint's nets, read on the CPU and moved to `device` (float32 whatever the LM's dtype: they are
+    small, and their maths wants it)."""
+    with torch.device("cpu"):
+        nets = DGANets.load(checkpoint)
+    for module in nets.modules().values():
+        module.to(device=device, dtype=torch.float32)
+    return nets
 
 
 def _defensive_mix(cfg: DGAConfig, k: int) -> float:
@@ -363,7 +377,8 @@ def _distinct(groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor,
     inverse = groups
     for col in tokens.T:
         inverse = torch.unique(inverse * (int(col.max()) + 1) + col, return_inverse=True)[1]
-    rep = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_(0, inverse, torch.arange(len(groups)))
+    rep = torch.zeros(int(inverse.max()) + 1, dtype=torch.long, device=inverse.device).scatter_(
+        0, inverse, torch.arange(len(groups), device=inverse.device))
     return inverse, rep.tolist()
 
 
@@ -420,7 +435,7 @@ def _predicted_reward(nets, psi, log_pi, x, t_frac, hidden) -> torch.Tensor:
         return nets.value.reward(x, t_frac, hidden)
     if psi is not None:
         return (log_pi.exp() * psi).sum(-1)
-    return torch.zeros(x.shape[0])
+    return torch.zeros(x.shape[0], device=x.device)
 
 
 def _guide(grad: str, g: GuideInputs, nets, cfg: DGAConfig, reward_of, generator) -> torch.Tensor:

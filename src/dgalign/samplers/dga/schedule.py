@@ -15,10 +15,10 @@ def base_betas(kind: str, steps: int) -> torch.Tensor:
     """β_1..β_T (T,) float64 for `linear` (DDPM, Ho et al. 2020) or `cosine` (Nichol & Dhariwal 2021)."""
     if kind == "linear":
         scale = 1000 / steps  # keep the DDPM range 1e-4..0.02 at T = 1000, rescaled for short chains
-        return torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), steps, dtype=torch.float64)
+        return torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), steps, dtype=torch.float64, device="cpu")
     if kind == "cosine":
         s = 0.008
-        f = torch.cos((torch.arange(steps + 1, dtype=torch.float64) / steps + s) / (1 + s) * math.pi / 2) ** 2
+        f = torch.cos((torch.arange(steps + 1, dtype=torch.float64, device="cpu") / steps + s) / (1 + s) * math.pi / 2) ** 2
         abar = f / f[0]
         return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
     raise ValueError(f"unknown schedule {kind!r}; valid: linear, cosine")

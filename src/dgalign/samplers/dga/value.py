@@ -83,7 +83,7 @@ class ExactToyValue:
                 value = beta * float(reward([prompt], [lm.decode(list(prefix))])[0])
             else:
                 logp = lm.start([prompt_ids + list(prefix)]).logits[0].double().log_softmax(-1)
-                kids = torch.tensor([float(logp[v]) + visit(prefix + (v,)) for v in range(len(logp))])
+                kids = torch.tensor([float(logp[v]) + visit(prefix + (v,)) for v in range(len(logp))], device="cpu")
                 value = float(torch.logsumexp(kids, 0))
             self.table[prefix] = value
             return value
@@ -92,7 +92,7 @@ class ExactToyValue:
 
     def __call__(self, prefixes: list[tuple[int, ...]]) -> torch.Tensor:
         """ψ of each prefix; tokens after its first EOS are ignored (the answer ended there)."""
-        return torch.tensor([self.table[self._cut(p)] for p in prefixes])
+        return torch.tensor([self.table[self._cut(p)] for p in prefixes], device="cpu")
 
     def _cut(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
         for i, tok in enumerate(prefix):

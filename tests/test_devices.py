@@ -1,0 +1,167 @@
+"""Device and dtype discipline, checked on a CPU-only machine.
+
+Under `torch.set_default_device("meta")` every tensor created without naming a device lands on the meta
+device, where it has no data: the first time it meets real data, or is read, the call fails. A sampler
+or trainer that passes this creates each tensor on the device of the data it works on (or names the
+CPU for its own bookkeeping), which is what it must do to run on a GPU. The same samplers also run on
+a tiny random Llama loaded in bfloat16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from dgalign.eval.exact import toy_reward
+from dgalign.lm import ToyLM, load_lm
+from dgalign.rewards import get_reward
+from dgalign.samplers import SAMPLERS, get_sampler
+from dgalign.types import Prompts
+
+# every method at its defaults, and DGA's modes and options that create tensors of their own
+CASES = [(name, {}) for name in SAMPLERS] + [
+    ("dga", {"particles": 4}),
+    ("dga", {"block": 2}),
+    ("dga", {"particles": 4, "block": 3, "top_m": 0}),
+    ("dga", {"init": "draft"}),
+    ("dga", {"adaptive_lambda": 0.5}),
+    ("dga", {"grad": "perturb", "value": "exact"}),
+    ("dga", {"grad": "analytic", "value": "exact", "particles": 4}),
+]
+TRAINED = [  # need a checkpoint
+    ("dga", {}),
+    ("dga", {"grad": "value"}),
+    ("dga", {"grad": "analytic", "particles": 4, "adaptive_lambda": 0.5}),
+    ("dga", {"block": 2}),
+]
+
+
+@pytest.fixture
+def meta_default():
+    """Tensors created without a device go to the meta device for the test's duration."""
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+def _run(lm, reward, texts, name, sets, max_new_tokens=3, **extra):
+    sampler, cfg = get_sampler(name)
+    cfg = dataclasses.replace(cfg, max_new_tokens=max_new_tokens, beta=2.0, **sets, **extra)
+    prompts = Prompts.encode(lm, texts, raw=True)
+    out = sampler(lm, reward, prompts, cfg, generator=torch.Generator(device="cpu").manual_seed(0))
+    assert len(out) == len(texts) * cfg.num_samples
+    assert out.rewards.device.type == "cpu" and out.base_logprobs.device.type == "cpu"
+    assert torch.isfinite(out.base_logprobs).all() and out.rewards.dtype == torch.float32
+    return out
+
+
+def test_the_meta_trick_catches_a_tensor_made_without_a_device(meta_default):
+    """The mechanism itself: a tensor made without a device cannot be combined with real data."""
+    real = torch.zeros(3, device="cpu")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        (real + torch.ones(3)).tolist()
+
+
+@pytest.mark.parametrize(("name", "sets"), CASES, ids=[f"{n}{s or ''}" for n, s in CASES])
+def test_samplers_follow_the_data_device_on_the_toy(meta_default, name, sets):
+    lm = ToyLM()  # its weights are made on the CPU explicitly
+    _run(lm, toy_reward, ["a", "b"] if sets.get("value") != "exact" else ["a"], name, sets)
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    """A tiny DGA checkpoint for the toy, trained under the meta default (so training follows its data too)."""
+    from dgalign.train.dga import TrainConfig, train_dga
+
+    lm = ToyLM()
+    cfg = TrainConfig.tiny()
+    cfg.max_new_tokens, cfg.top_m, cfg.rollouts = 3, 0, 8
+    out = tmp_path_factory.mktemp("devices") / "ck"
+    torch.set_default_device("meta")
+    try:
+        train_dga(lm, toy_reward, "toy", Prompts.encode(lm, ["ab", "c"]), out, cfg)
+    finally:
+        torch.set_default_device(None)
+    return str(out)
+
+
+@pytest.mark.parametrize(("name", "sets"), TRAINED, ids=[f"{n}{s or ''}" for n, s in TRAINED])
+def test_dga_with_a_checkpoint_follows_the_data_device(meta_default, toy_checkpoint, name, sets):
+    _run(ToyLM(), toy_reward, ["a", "b"], name, {**sets, "checkpoint": toy_checkpoint})
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tiny random LlamaForCausalLM with the embedded model's tokenizer, saved as a model directory."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from dgalign.lm.embedded import converted_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(converted_dir("smollm2-135m-instruct"))
+    root = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root)
+
+
+@pytest.mark.parametrize(("name", "sets"), CASES[:len(SAMPLERS)] + [("dga", {"particles": 4})],
+                         ids=[f"{n}{s or ''}" for n, s in CASES[:len(SAMPLERS)] + [("dga", {"particles": 4})]])
+def test_samplers_follow_the_data_device_on_a_hf_model(meta_default, tiny_llama, name, sets):
+    with torch.device("cpu"):  # loading is the loader's business; sampling must follow the loaded weights
+        lm = load_lm(tiny_llama, device="cpu", chat=False)
+        length = get_reward("length")
+
+    def reward(prompts, completions):  # the reward is not under test here: it scores with the CPU default
+        with torch.device("cpu"):
+            return length(prompts, completions)
+
+    _run(lm, reward, ["Hello there", "The sky is"], name, {**sets, "top_m": 16} if name == "dga" else sets)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_runs_on_a_bf16_model(tiny_llama, name):
+    lm = load_lm(tiny_llama, dtype="bfloat16", device="cpu", chat=False)
+    assert lm.model.dtype == torch.bfloat16
+    out = _run(lm, get_reward("length"), ["Hello there", "The sky is"], name, {"top_m": 16} if name == "dga" else {},
+               max_new_tokens=4)
+    assert out.base_logprobs.dtype == torch.float32  # log-probs are upcast, whatever the weights' dtype
+    assert all(math.isfinite(float(x)) for x in out.base_logprobs)
+
+
+def test_bf16_base_logprobs_match_float32_within_bf16_precision(tiny_llama):
+    """The upcast happens on the logits: a bf16 model's log p(y) stays within bf16 rounding of float32's."""
+    lp = {}
+    for dtype in ("float32", "bfloat16"):
+        lm = load_lm(tiny_llama, dtype=dtype, device="cpu", chat=False)
+        ids = Prompts.encode(lm, ["The sky is"], raw=True).ids
+        lp[dtype] = lm.sequence_logprobs(ids, [[11, 12, 13, 14]])
+    assert lp["float32"].dtype == lp["bfloat16"].dtype == torch.float32
+    assert torch.allclose(lp["float32"], lp["bfloat16"], atol=0.05 * 4, rtol=0.02)
+
+
+def test_dtype_choices_are_checked():
+    from dgalign.errors import DGAlignError
+
+    with pytest.raises(DGAlignError, match="unknown dtype 'float8'; valid: auto, float32, bfloat16, float16"):
+        load_lm("toy", dtype="float8")
+
+
+def test_peak_memory_is_read_from_the_accelerator_when_the_lm_runs_on_one(monkeypatch):
+    from dgalign.cost import peak_memory_mb, peak_rss_mb
+
+    mb, kind = peak_memory_mb(torch.device("cpu"))
+    assert kind == "rss" and mb == pytest.approx(peak_rss_mb(), rel=0.05)
+    seen = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: seen.append(device) or 3 * 2**20)
+    assert peak_memory_mb(torch.device("cuda:0")) == (3.0, "cuda max_memory_allocated")
+    assert seen == [torch.device("cuda:0")]
