@@ -1,7 +1,9 @@
 """Prompt sets for training and benchmarks, read from the data dir or from files PyPI packages ship.
 
 Each suite names its proxy reward (used for guidance) and gold rewards (used only to evaluate).
-Rows are dicts with at least "prompt"; some carry references ("best", "correct", "incorrect").
+Rows are dicts with at least "prompt"; some carry references ("best", "reference", "correct", "incorrect").
+`load_prompts` also reads prompts files (.txt, .jsonl, .csv) and datasets (`hf:NAME[:CONFIG][@SPLIT]`
+through `datasets.load_dataset`: a hub id or a local directory laid out as a hub dataset repo).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import io
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,14 +120,37 @@ def check_prompt(text: str, where: str) -> str:
     return text
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of every non-blank line of a UTF-8 text file."""
+HF_PREFIX = "hf:"  # hf:NAME[:CONFIG][@SPLIT]: a dataset read through datasets.load_dataset
+DEFAULT_FIELDS = {"prompt": "prompt"}  # the field map: row key -> the file's / dataset's column it is read from
+
+
+def parse_hf(spec: str) -> tuple[str, str | None, str | None]:
+    """'hf:NAME[:CONFIG][@SPLIT]' -> (NAME, CONFIG, SPLIT); NAME is a hub dataset id or a local dataset directory."""
+    m = re.fullmatch(r"hf:([^:@]+)(?::([^:@]+))?(?:@(.+))?", spec)
+    if m is None:
+        raise DGAlignError(f"{spec!r}: expected hf:NAME[:CONFIG][@SPLIT], NAME a hub dataset id or a local "
+                           "dataset directory (without ':' or '@')")
+    name, config, split = m.groups()
+    return os.path.expanduser(name), config, split
+
+
+def hf_label(spec: str) -> str:
+    """The name an hf: suite's files go by: the dataset's last path part, its config and split (gsm8k-main-test)."""
+    name, config, split = parse_hf(spec)
+    return re.sub(r"[^\w.-]+", "_", "-".join(p for p in (Path(name).name, config, split) if p))
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise DGAlignError(f"cannot read prompts file {path}: {err.strerror}") from None
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a UTF-8 text file."""
     out = []
-    for number, raw in enumerate(data.splitlines(), start=1):
+    for number, raw in enumerate(_read(path).splitlines(), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -133,33 +160,101 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-def _jsonl_prompt(path: Path, number: int, line: str) -> dict:
-    where = f"{path}:{number}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DGAlignError(f"{where}: not JSON ({err.msg}); a .jsonl prompts file holds one "
-                           '{"prompt": "..."} object a line') from None
-    if not isinstance(row, dict) or "prompt" not in row:
-        got = "an object without it" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
-        raise DGAlignError(f'{where}: missing field "prompt" (got {got}); each line must be {{"prompt": "..."}}')
+def _row(record: object, fields: dict[str, str], where: str) -> dict:
+    """Every field of `record`, and each key of `fields` read from the column it names; the texts checked."""
+    if not isinstance(record, dict):
+        raise DGAlignError(f'{where}: got a JSON {type(record).__name__}; each line must be an object such as '
+                           f'{{"{fields["prompt"]}": "..."}}')
+    missing = [column for column in fields.values() if column not in record]
+    if missing:
+        raise DGAlignError(f'{where}: missing field "{missing[0]}" (columns: {", ".join(record) or "none"})')
+    row = {**record, **{key: record[column] for key, column in fields.items()}}
     if not isinstance(row["prompt"], str):
-        raise DGAlignError(f'{where}: "prompt" must be a string, got {type(row["prompt"]).__name__}')
-    return {"prompt": check_prompt(row["prompt"], where)}
+        raise DGAlignError(f'{where}: "{fields["prompt"]}" must be a string, got {type(row["prompt"]).__name__}')
+    if row.get("reference") is not None and not isinstance(row["reference"], str):  # BLEU & co. score text
+        raise DGAlignError(f'{where}: "{fields.get("reference", "reference")}" must be a string (the reference '
+                           f"answer), got {type(row['reference']).__name__}")
+    check_prompt(row["prompt"], where)
+    return row
 
 
-def load_prompts(spec: str) -> tuple[list[dict], bool | None]:
-    """Rows of a suite name, or of a file (.txt one prompt a line, .jsonl with "prompt"); and its raw flag."""
+def _jsonl_rows(path: Path, fields: dict[str, str]) -> list[dict]:
+    rows = []
+    for number, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DGAlignError(f"{path}:{number}: not JSON ({err.msg}); a .jsonl prompts file holds one "
+                               f'{{"{fields["prompt"]}": "...", ...}} object a line') from None
+        rows.append(_row(record, fields, f"{path}:{number}"))
+    return rows
+
+
+def _csv_rows(path: Path, fields: dict[str, str]) -> list[dict]:
+    data = _read(path)
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is not part of the header
+    except UnicodeDecodeError as err:
+        number = data[: err.start].count(b"\n") + 1
+        raise DGAlignError(f"{path}:{number}: not UTF-8 text; prompts files must be UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    for record in reader:
+        where = f"{path}:{reader.line_num}"
+        if None in record or None in record.values():  # DictReader's fill for a ragged row
+            raise DGAlignError(f"{where}: not as many values as the header's {len(reader.fieldnames)} columns "
+                               f"({', '.join(reader.fieldnames)})")
+        rows.append(_row(record, fields, where))
+    return rows
+
+
+def _hf_rows(spec: str, fields: dict[str, str]) -> list[dict]:
+    """The rows of one split of a `datasets.load_dataset` dataset, every column kept."""
+    import datasets
+
+    name, config, split = parse_hf(spec)
+    try:
+        data = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # offline, unknown id / config / split, unreadable files: one line with the cause
+        cause = " ".join(str(err).split()) or "no message"
+        raise DGAlignError(f"cannot load dataset {name!r} ({spec}): {type(err).__name__}: {cause}") from None
+    if isinstance(data, datasets.DatasetDict):
+        if len(data) != 1:
+            raise DGAlignError(f"{spec} has splits {', '.join(data)}; choose one, e.g. {spec}@{next(iter(data))}")
+        (data,) = data.values()
+    return [_row(record, fields, f"{spec} row {i}") for i, record in enumerate(data)]
+
+
+def _fixed_fields(spec: str, fields: dict[str, str]) -> None:
+    if fields != DEFAULT_FIELDS:
+        raise DGAlignError(f"{spec}: a field map ({', '.join(f'{k}={v}' for k, v in fields.items())}) applies "
+                           "to .jsonl/.csv files and hf: datasets; suites and .txt files have fixed fields")
+
+
+def load_prompts(spec: str, fields: dict[str, str] | None = None) -> tuple[list[dict], bool | None]:
+    """Rows of a suite, an hf: dataset or a prompts file, and its raw flag (None: not a suite).
+
+    A .txt file holds one prompt a line; .jsonl / .csv rows and dataset rows keep every field. `fields`
+    maps row keys ("prompt", "reference", "id") to the columns they are read from; "prompt" defaults to
+    "prompt". Suites and .txt files have fixed fields.
+    """
+    fields = {**DEFAULT_FIELDS, **(fields or {})}
     path = Path(spec).expanduser()
-    if path.is_dir():
-        raise DGAlignError(f"{path} is a directory; give a suite ({', '.join(SUITES)}) or a .txt/.jsonl prompts file")
-    if path.is_file():
-        if path.suffix == ".jsonl":
-            rows = [_jsonl_prompt(path, n, line) for n, line in _lines(path)]
-        else:
-            rows = [{"prompt": check_prompt(line.strip(), f"{path}:{n}")} for n, line in _lines(path)]
-        if not rows:
-            raise DGAlignError(f"{path} holds no prompts (one a line in .txt, {{\"prompt\": ...}} a line in .jsonl)")
-        return rows, None
-    suite = get_suite(spec)
-    return suite.load(), suite.raw
+    if spec.startswith(HF_PREFIX):
+        rows = _hf_rows(spec, fields)
+    elif path.is_dir():
+        raise DGAlignError(f"{path} is a directory; give a suite ({', '.join(SUITES)}), a .txt/.jsonl/.csv "
+                           f"prompts file, or hf:{path} for a dataset directory")
+    elif path.is_file() and path.suffix in (".jsonl", ".csv"):
+        rows = (_jsonl_rows if path.suffix == ".jsonl" else _csv_rows)(path, fields)
+    elif path.is_file():
+        _fixed_fields(spec, fields)
+        rows = [{"prompt": check_prompt(line.strip(), f"{path}:{n}")} for n, line in _lines(path)]
+    else:
+        suite = get_suite(spec)
+        _fixed_fields(spec, fields)
+        return suite.load(), suite.raw
+    if not rows:
+        raise DGAlignError(f"{spec} holds no prompts (one a line in .txt, a row with "
+                           f'"{fields["prompt"]}" in .jsonl/.csv/hf:)')
+    return rows, None

@@ -9,7 +9,7 @@ from ..config import DEFAULT_MODEL
 
 @dataclass
 class BenchConfig:
-    suite: str  # SUITES name, or a .txt / .jsonl prompts file
+    suite: str  # SUITES name, a .txt / .jsonl / .csv prompts file, or hf:NAME[:CONFIG][@SPLIT] (a dataset)
     out: str  # run directory: <suite>.jsonl rows and <suite>.manifest.json
     methods: list[str] = field(default_factory=lambda: ["base"])  # specs name:key=value:...; each is its row label
     grid: str = ""  # a GRIDS name whose methods run after `methods` ("" = none)
@@ -25,8 +25,19 @@ class BenchConfig:
     budget_matched: float = 0.0  # > 0: each method's knob set so LM forward tokens/answer ≈ this × base's
     ppl_model: str = "auto"  # perplexity judge; "auto" = gemma3-270m if installed, else the base; "" = none
     device: str | None = None  # cpu, cuda, ...; None = cuda when available
+    # the field map of .jsonl / .csv files and hf: datasets: the column each row key is read from
+    prompt_field: str = "prompt"  # the prompt
+    reference_field: str = ""  # the reference answer (BLEU, ROUGE-L, BERTScore); "" = a "reference" column as is
+    id_field: str = ""  # the prompt's id, written to each row as "prompt_id"; "" = an "id" column as is
+
+    def field_map(self) -> dict[str, str]:
+        """Row key -> column, for `load_prompts`."""
+        mapped = {"prompt": self.prompt_field, "reference": self.reference_field, "id": self.id_field}
+        return {key: column for key, column in mapped.items() if column}
 
 
 # fields that give rows their meaning: a resumed run must agree with the manifest on these
 IDENTITY = ("suite", "model", "max_new_tokens", "beta", "reward", "gold", "raw", "sets", "budget_matched",
-            "ppl_model")
+            "ppl_model", "prompt_field", "reference_field", "id_field")
+# identity fields added after runs were first written: a manifest without them had these values
+LATER_IDENTITY = {"prompt_field": "prompt", "reference_field": "", "id_field": ""}

@@ -45,7 +45,7 @@ from ..errors import DGAlignError, UnknownNameError
 from ..lm.embedded import MODELS
 from ..types import LM, Reward, Sampler, SamplerConfig
 from . import metrics
-from .bench_config import IDENTITY, BenchConfig
+from .bench_config import IDENTITY, LATER_IDENTITY, BenchConfig
 
 # Named grids for `--grid`: row label -> method spec; "{max_new_tokens}" is filled in.
 GRIDS: dict[str, dict[str, str]] = {
@@ -77,8 +77,9 @@ KNOBS: dict[str, str] = {
 CALIBRATION_PROMPTS = 2  # prompts the budget calibration runs on
 CALIBRATION_KNOBS = (1, 4)  # knob values the cost line is fitted through
 
-# Suite row fields holding a reference answer (BLEU, ROUGE-L, BERTScore are computed against it).
-REFERENCE_FIELDS = ("best", "reference")
+# Suite row fields holding a reference answer (BLEU, ROUGE-L, BERTScore are computed against it): "reference"
+# (mt-bench, or a prompts file's / dataset's column, `--reference-field`) before truthfulqa's "best".
+REFERENCE_FIELDS = ("reference", "best")
 JUDGE_MODEL = "gemma3-270m"  # the independent perplexity judge when installed
 
 
@@ -174,6 +175,9 @@ def read_manifest(path: Path) -> dict:
     except ValueError as err:  # not JSON, or not UTF-8
         raise DGAlignError(f"{path} is not valid JSON ({err}); the run's manifest is damaged") from None
     m = manifest if isinstance(manifest, dict) else {}
+    if isinstance(m.get("identity"), dict):  # runs written before a field joined the identity had its default
+        for key, value in LATER_IDENTITY.items():
+            m["identity"].setdefault(key, value)
     part = {k: m.get(k) if isinstance(m.get(k), kind) else kind() for k, kind in MANIFEST_PARTS.items()}
     bad = [k for k, kind in MANIFEST_PARTS.items() if not isinstance(m.get(k), kind)]
     bad += [f"identity.{k}" for k in IDENTITY if k not in part["identity"]]
@@ -194,7 +198,12 @@ def _append(f, row: dict) -> None:
 
 
 def suite_label(suite: str) -> str:
-    """The name a suite's files and tables go by: the suite name, or a prompts file's stem."""
+    """The name a suite's files and tables go by: the suite name, a prompts file's stem, or an hf: dataset's
+    name-config-split."""
+    from ..bench import HF_PREFIX, hf_label
+
+    if suite.startswith(HF_PREFIX):
+        return hf_label(suite)
     path = Path(suite).expanduser()
     return path.stem if path.is_file() else suite
 
@@ -324,7 +333,8 @@ def run_row(ctx: RunContext, method: _Method, index: int, row: dict, seed: int) 
 
     lm, prompt = ctx.lm, row["prompt"]
     out = {"suite": ctx.suite, "prompt_index": index, "method": method.label, "sampler": method.name,
-           "seed": seed, "beta": method.cfg.beta, "config": dataclasses.asdict(method.cfg), "prompt": prompt}
+           "seed": seed, "beta": method.cfg.beta, "config": dataclasses.asdict(method.cfg), "prompt": prompt,
+           **({"prompt_id": row["id"]} if "id" in row else {})}
     try:
         batch = Prompts.encode(lm, [prompt], raw=ctx.raw)
         cpu0 = metrics.cpu_seconds()
@@ -427,11 +437,11 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
         raise DGAlignError(f"--budget-matched must be a positive number (0: off), got {cfg.budget_matched}")
     out_dir = check_out_dir(cfg.out)
     methods = resolve_methods(cfg)
-    rows, suite_raw = load_prompts(cfg.suite)
+    rows, suite_raw = load_prompts(cfg.suite, fields=cfg.field_map())
     rows = rows[: cfg.n_prompts]
-    is_file = suite_raw is None
+    is_file = suite_raw is None  # a prompts file or an hf: dataset
     if not cfg.reward and is_file:
-        raise DGAlignError(f"{cfg.suite} is a prompts file, not a suite: give --reward")
+        raise DGAlignError(f"{cfg.suite} is a prompts file or dataset, not a suite: give --reward")
     suite = None if is_file else get_suite(cfg.suite)
     cfg = dataclasses.replace(
         cfg,
