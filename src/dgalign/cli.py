@@ -213,6 +213,13 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="TrainConfig field, key=value.")] = None,
     raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Skip / force the chat template (default: the suite's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    push_to_hub: Annotated[str | None, typer.Option(help="Then upload the checkpoint and a model card to this "
+                                                         "Hugging Face Hub repo (ORG/NAME); load it with "
+                                                         "--set checkpoint=hf:ORG/NAME.")] = None,
+    private: Annotated[bool | None, typer.Option("--private/--public", help="Visibility of the repo if "
+                                                 "--push-to-hub creates it (default: the Hub's).")] = None,
+    hub_revision: Annotated[str | None, typer.Option(help="Branch --push-to-hub pushes to (created if missing; "
+                                                          "default main).")] = None,
 ) -> None:
     """Train DGA's denoiser correction, value head and proposal for a model and reward (§2.6)."""
     from .bench import load_prompts
@@ -222,6 +229,12 @@ def train(
     from .train.dga import TrainConfig, check_out, train_dga
     from .types import Prompts
 
+    _check(push_to_hub is not None or (private is None and hub_revision is None),
+           "--private/--public and --hub-revision need --push-to-hub")
+    if push_to_hub is not None:
+        from .train.hub import check_push, push_checkpoint
+
+        check_push(push_to_hub)  # before training, not after it
     _check(n_prompts >= 1, f"--n-prompts must be at least 1, got {n_prompts}")
     _check(skip >= 0, f"--skip must be at least 0, got {skip}")
     _check_beta(beta)
@@ -239,6 +252,10 @@ def train(
     nets = train_dga(lm, reward_fn, reward, batch, out, cfg)
     typer.echo(f"wrote {out}: {nets.meta['tuples']} tuples from {len(rows)} prompts, "
                f"{nets.meta['train_seconds']} s; losses {nets.meta['losses']}")
+    if push_to_hub is not None:
+        url = push_checkpoint(out, push_to_hub, private=private, revision=hub_revision, argv=sys.argv)
+        typer.echo(f"pushed to {url}; use it with --set checkpoint=hf:{push_to_hub}"
+                   + (f"@{hub_revision}" if hub_revision else ""))
 
 
 @app.command()
@@ -430,7 +447,10 @@ def rm_eval(
 @app.command()
 def bench(
     suite: Annotated[str, typer.Option(help="Suite (rtp-toxic, imdb-open, hh-harmless, harmbench, truthfulqa, "
-                                            "mt-bench) or a .txt/.jsonl prompts file.")],
+                                            "mt-bench), a .txt/.jsonl/.csv prompts file, or "
+                                            "hf:NAME:CONFIG@SPLIT (:CONFIG, @SPLIT optional), NAME a hub "
+                                            "dataset id or a local dataset directory, read with "
+                                            "datasets.load_dataset (e.g. hf:openai/gsm8k:main@test[:40]).")],
     out: Annotated[str, typer.Option(help="Run directory (<suite>.jsonl rows, <suite>.manifest.json); re-run to resume.")],
     methods: Annotated[str | None, typer.Option(help="Comma-separated specs name[:key=value...], e.g. "
                                                      "'base,bon:n=8,dga:checkpoint=DIR'.")] = None,
@@ -455,6 +475,13 @@ def bench(
                                                                   "(default: the suite's).")] = None,
     retry_errors: Annotated[bool, typer.Option(help="Drop rows that recorded an error and run them again.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    prompt_field: Annotated[str, typer.Option(help="Column holding the prompt (.jsonl/.csv files, hf: "
+                                                   "datasets).")] = BenchConfig.prompt_field,
+    reference_field: Annotated[str, typer.Option(help="Column holding a reference answer for BLEU / ROUGE-L / "
+                                                      "BERTScore (default: a 'reference' column if any).")] = (
+        BenchConfig.reference_field),
+    id_field: Annotated[str, typer.Option(help="Column holding the prompt's id, written to each row as "
+                                               "prompt_id (default: an 'id' column if any).")] = BenchConfig.id_field,
 ) -> None:
     """Run methods × prompts × seeds over a suite, one JSONL row each (resumable); then `dgalign report`."""
     import os
@@ -477,7 +504,8 @@ def bench(
         suite=suite, out=out, methods=[m for m in (methods or "").split(",") if m.strip()], grid=grid or "",
         n_prompts=n_prompts, max_new_tokens=max_new_tokens, seeds=seed_list, model=model, beta=beta,
         reward=reward or "", gold=gold, raw=raw, sets=parse_sets(set_ or []), budget_matched=budget_matched,
-        ppl_model="" if no_ppl else ppl_model, device=device,
+        ppl_model="" if no_ppl else ppl_model, device=device, prompt_field=prompt_field,
+        reference_field=reference_field, id_field=id_field,
     )
     started = time.perf_counter()
     path = run_bench(cfg, argv=sys.argv, retry_errors=retry_errors)
