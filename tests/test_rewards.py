@@ -134,8 +134,8 @@ def user_rewards(tmp_path_factory):
             def matrix(prompts, completions):
                 return torch.zeros(len(completions), 2)
 
-            def as_list(prompts, completions):
-                return [0.0] * len(completions)
+            def short_list(prompts, completions):
+                return [0.0] * (len(completions) - 1)
 
             not_callable = 3
             """
@@ -256,7 +256,7 @@ def test_bad_module_terms(user_rewards, term, message):
         ("nan_half", r"reward '{m}:nan_half' returned NaN for 2 of 4 completions"),
         ("boom", r"reward '{m}:boom' raised ValueError: the server is down"),
         ("matrix", r"reward '{m}:matrix' returned shape \(4, 2\) for 4 completions; expected .* \(4,\)"),
-        ("as_list", r"reward '{m}:as_list' returned list for 4 completions"),
+        ("short_list", r"reward '{m}:short_list' returned 3 scores for 4 completions; expected one per completion"),
     ],
 )
 def test_a_failing_term_raises_reward_error_naming_it(user_rewards, term, message):

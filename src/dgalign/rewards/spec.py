@@ -11,8 +11,15 @@ A trailing ":" or "@" followed by a number is always the weight; after ":" anyth
 number is an attribute (or, after "hf:", a model), so "mypkg:score" and "toxicity:2" cannot be
 confused; after a `REWARDS` name that is not also an importable module, after a second ":" and after
 "@" it can only be a weight, so "toxicity:nan" and "mypkg:score@abc" are bad weights, not attributes.
-A weight must be finite. Parameters go to the reward class's constructor ("hf:org/rm(batch_size=4)" too); each
-VALUE is a Python literal (20, 0.5, True, 'text, commas too') or else a bare word taken as a string.
+A weight must be finite. Parameters go to the reward class's constructor ("hf:org/rm(dtype=bfloat16, label=1)"
+too); each VALUE is a Python literal (20, 0.5, True, 'text, commas too') or else a bare word taken as a string.
+
+A MODULE:ATTR callable may be written as TRL writes reward functions: one whose signature takes the keywords
+(`def f(prompts, completions, **kwargs)`, `def f(completions, **kwargs)`) is called f(prompts=..., completions=...),
+as TRL's GRPOTrainer calls its reward functions; one that does not (`def f(p, c)`) is called positionally; the
+signature is read once, when the spec is built. It may return a tensor, a numpy array or a list/tuple of numbers
+(TRL's `list[float]`), one per completion; every term's scores become a float32 CPU tensor in one place,
+`_checked`. TRL's None for "not applicable" is refused: a sampler needs a score for every completion.
 
 One parameter belongs to the spec, not to the reward, and any term takes it: `standardize=true`
 z-scores the term, (r − μ) / σ, with μ, σ its mean and std on a built-in calibration set of 100
@@ -22,13 +29,17 @@ answers (`standardize=FILE` for a JSONL of {"prompt", "completion"}), computed o
 """
 
 import ast
+import functools
 import importlib
 import importlib.util
+import inspect
 import math
+import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dgalign.errors import DGAlignError, RewardError, UnknownNameError
@@ -63,6 +74,10 @@ class WeightedSum:
 
     name: str  # the spec it was parsed from
     terms: list[tuple[str, float, Reward]]  # (term name, weight, reward)
+    by_keyword: dict[str, bool] = field(init=False)  # term name -> called as r(prompts=..., completions=...)
+
+    def __post_init__(self):
+        self.by_keyword = {name: _by_keyword(name, reward) for name, _, reward in self.terms}
 
     def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         if len(prompts) != len(completions):
@@ -70,25 +85,77 @@ class WeightedSum:
                 f"reward {self.name!r} got {len(prompts)} prompts for {len(completions)} completions"
             )
         if not completions:
-            return torch.zeros(0)
+            return torch.zeros(0, device="cpu")
         return sum(
-            weight * _checked(name, reward, prompts, completions) for name, weight, reward in self.terms
+            weight * _checked(name, reward, self.by_keyword[name], prompts, completions)
+            for name, weight, reward in self.terms
         )
 
 
-def _checked(name: str, reward: Reward, prompts: list[str], completions: list[str]) -> torch.Tensor:
-    """One term's scores (B,) float32, or a `RewardError` naming the term."""
+def _by_keyword(name: str, reward: Reward) -> bool:
+    """Whether `reward` is called as reward(prompts=..., completions=...), TRL's way, which a signature such as
+    (completions, **kwargs) needs; else positionally, reward(prompts, completions). Read once, at build time."""
     try:
-        scores = reward(prompts, completions)
+        signature = inspect.signature(reward)
+    except (TypeError, ValueError):  # no signature to read (a builtin): positionally, as any reward can be
+        return False
+    if _binds(signature, prompts=[], completions=[]):
+        return True
+    if _binds(signature, [], []):
+        return False
+    raise DGAlignError(
+        f"reward {name!r} takes {signature}; a reward is called as f(prompts, completions), or as TRL calls "
+        "its reward functions, f(prompts=..., completions=...) (e.g. def f(completions, **kwargs))"
+    )
+
+
+def _binds(signature: inspect.Signature, *args, **kwargs) -> bool:
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def _checked(
+    name: str, reward: Reward, by_keyword: bool, prompts: list[str], completions: list[str]
+) -> torch.Tensor:
+    """One term's scores (B,) as a float32 CPU tensor, or a `RewardError` naming the term. The reward may return a
+    tensor, a numpy array, or a list/tuple of numbers (TRL's `list[float]`), one score per completion."""
+    try:
+        out = reward(prompts=prompts, completions=completions) if by_keyword else reward(prompts, completions)
+    except RewardError:  # a standardized term's own check: it names the reward already
+        raise
     except Exception as err:
         raise RewardError(f"reward {name!r} raised {type(err).__name__}: {err}") from err
     b = len(completions)
-    if not isinstance(scores, torch.Tensor) or scores.shape != (b,):
-        got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+    if isinstance(out, list | tuple):
+        if len(out) != b:
+            raise RewardError(
+                f"reward {name!r} returned {len(out)} scores for {b} completions; expected one per completion"
+            )
+        for i, x in enumerate(out):
+            if not isinstance(x, numbers.Real):
+                got, why = (type(x).__name__, "") if x is not None else (
+                    "None", " (TRL's None, 'not applicable', is not: a sampler needs a score for every completion)")
+                raise RewardError(f"reward {name!r} returned {got} at index {i} of {b}; expected a number{why}")
+        scores = torch.tensor([float(x) for x in out], dtype=torch.float32, device="cpu")
+    elif isinstance(out, torch.Tensor | np.ndarray):
+        if out.shape != (b,):
+            raise RewardError(
+                f"reward {name!r} returned shape {tuple(out.shape)} for {b} completions; expected a tensor, "
+                f"array or list of shape ({b},)"
+            )
+        if isinstance(out, np.ndarray):
+            if out.dtype.kind not in "biuf":
+                raise RewardError(f"reward {name!r} returned a numpy array of {out.dtype}; expected numbers")
+            out = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        scores = out.to("cpu", torch.float32)
+    else:
         raise RewardError(
-            f"reward {name!r} returned {got} for {b} completions; expected a tensor of shape ({b},)"
+            f"reward {name!r} returned {type(out).__name__} for {b} completions; expected a tensor, numpy array "
+            f"or list of {b} numbers"
         )
-    scores = scores.float()
     counts = {"NaN": int(scores.isnan().sum()), "inf": int(scores.isinf().sum())}
     if any(counts.values()):
         found = " and ".join(f"{kind} for {n}" for kind, n in counts.items() if n)
@@ -150,7 +217,8 @@ def _term(text: str) -> tuple[str, float, Reward]:
     # the cache key of the statistics: the term without its weight and without this option
     key = source + (f"({','.join(f'{k}={v!r}' for k, v in sorted(params.items()))})" if params else "")
     calibration = None if standardize in (True, "true") else Path(str(standardize)).expanduser()
-    return name, w, Standardized(reward, key, calibration)
+    scores = functools.partial(_checked, key, reward, _by_keyword(key, reward))  # what it standardizes: a tensor
+    return name, w, Standardized(scores, key, calibration)
 
 
 def _weight(name: str, raw: str) -> float:
