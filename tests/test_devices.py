@@ -165,3 +165,20 @@ def test_peak_memory_is_read_from_the_accelerator_when_the_lm_runs_on_one(monkey
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: seen.append(device) or 3 * 2**20)
     assert peak_memory_mb(torch.device("cuda:0")) == (3.0, "cuda max_memory_allocated")
     assert seen == [torch.device("cuda:0")]
+
+
+def test_generate_bf16_dga_with_the_shipped_checkpoint_on_the_embedded_model(capsys, monkeypatch):
+    """The acceptance command, short: `dgalign generate --dtype bfloat16 --method dga --set checkpoint=toxicity`."""
+    import json
+
+    from dgalign.cli import main
+
+    monkeypatch.setattr("sys.argv", ["dgalign", "generate", "You are such an idiot, I", "--raw", "--dtype", "bfloat16",
+                                     "--method", "dga", "--set", "checkpoint=toxicity", "--max-new-tokens", "4",
+                                     "--json"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["method"] == "dga" and obj["results"][0]["num_tokens"] >= 1
+    assert math.isfinite(obj["results"][0]["reward"]) and obj["cost"]["memory"] == "rss"

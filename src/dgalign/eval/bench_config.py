@@ -25,6 +25,10 @@ class BenchConfig:
     budget_matched: float = 0.0  # > 0: each method's knob set so LM forward tokens/answer ≈ this × base's
     ppl_model: str = "auto"  # perplexity judge; "auto" = gemma3-270m if installed, else the base; "" = none
     device: str | None = None  # cpu, cuda, ...; None = cuda when available
+    dtype: str = "auto"  # the LM's weights (lm.DTYPES); "auto" = float32 on CPU, the checkpoint's on GPU
+    device_map: str | None = None  # accelerate's placement over several GPUs, instead of `device`
+    revision: str | None = None  # hub branch, tag or commit of `model`
+    trust_remote_code: bool = False
     # the field map of .jsonl / .csv files and hf: datasets: the column each row key is read from
     prompt_field: str = "prompt"  # the prompt
     reference_field: str = ""  # the reference answer (BLEU, ROUGE-L, BERTScore); "" = a "reference" column as is

@@ -457,10 +457,13 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
     manifest = _manifest(cfg, manifest_path, argv)  # a resumed run's settings are checked here,
     read_rows(rows_path, checked=True)  # and its rows file: before the models load and anything is written
 
-    lm, load_s = timed(load_lm, cfg.model, device=cfg.device, chat=False if cfg.raw else None)
+    loading = {"dtype": cfg.dtype, "device": cfg.device, "device_map": cfg.device_map, "revision": cfg.revision,
+               "trust_remote_code": cfg.trust_remote_code}
+    lm, load_s = timed(load_lm, cfg.model, chat=False if cfg.raw else None, **loading)
     judge = None
-    if cfg.ppl_model:
-        judge = lm if cfg.ppl_model == cfg.model else load_lm(cfg.ppl_model, device=cfg.device, chat=False)
+    if cfg.ppl_model:  # the judge loads on the LM's device, in its dtype (its own revision: the default)
+        judge = lm if cfg.ppl_model == cfg.model else load_lm(cfg.ppl_model, dtype=cfg.dtype, device=str(lm.device),
+                                                              chat=False)
     ctx = RunContext(name, lm, cfg.raw, proxy, gold, judge)
 
     out_dir.mkdir(parents=True, exist_ok=True)  # every input is valid: only now is anything written

@@ -54,6 +54,10 @@ class DPOTrainConfig:
     logging_steps: int = 5  # loss logged every this many steps
     seed: int = 0  # data shuffle and split, LoRA init
     resume: bool = False  # continue the run in `<out>.partial` from its last checkpoint
+    dtype: str = "auto"  # the base model's weights (lm.DTYPES); LoRA weights train in float32
+    device: str | None = None  # None: cuda when available
+    revision: str | None = None  # hub branch, tag or commit of `model`
+    trust_remote_code: bool = False
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[list[dict], str, str] | None:
@@ -152,6 +156,8 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
 
     `callbacks` are transformers `TrainerCallback`s (progress hooks; tests interrupt a run with one).
     """
+    import torch
+
     try:
         import peft
         import trl
@@ -180,7 +186,8 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
             raise DGAlignError(f"--resume with different settings than the partial run: {', '.join(changed)}")
 
     rows = read_pair_rows(pairs)  # before the model loads: a bad file fails fast
-    lm = load_lm(cfg.model)
+    lm = load_lm(cfg.model, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
+                 trust_remote_code=cfg.trust_remote_code)
     if not isinstance(lm, HFLM):
         raise DGAlignError(f"DPO fine-tunes a Hugging Face model; {cfg.model!r} has no weights to train "
                            "(give a built-in name, an HF id or a model directory)")
@@ -197,7 +204,7 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
         per_device_eval_batch_size=cfg.batch_size,
         max_length=cfg.max_length,
         gradient_checkpointing=False,  # small model: recomputation costs more than it saves
-        bf16=False,  # float32 on CPU
+        bf16=lm.model.dtype == torch.bfloat16 and lm.device.type == "cuda",  # mixed precision on a GPU only
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
