@@ -470,7 +470,7 @@ GOOD = {"model": "toy", "prompt": "ab", "max_tokens": 3}
         ({"max_tokens": 0}, 400, "max_tokens", "greater than or equal to 1"),
         ({"max_tokens": 50_000}, 400, "max_tokens", "at most 512"),
         ({"max_tokens": 63}, 400, "max_tokens", "context of 64 tokens"),
-        ({"temperature": 0}, 400, "temperature", "greater than 0"),
+        ({"temperature": -0.5}, 400, "temperature", "greater than or equal to 0"),
         ({"temperature": 2.5}, 400, "temperature", "less than or equal to 2"),
         ({"top_p": 0}, 400, "top_p", "greater than 0"),
         ({"top_p": 1.5}, 400, "top_p", "less than or equal to 1"),
@@ -482,7 +482,7 @@ GOOD = {"model": "toy", "prompt": "ab", "max_tokens": 3}
         ({"prompt": "ab" * 40}, 400, "prompt", "at most 64"),
         ({"model": "gpt-4"}, 404, "model", "not served here"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
-        ({"logprobs": 2}, 400, "logprobs", "not supported"),
+        ({"min_p": 0.1}, 400, "min_p", "not supported"),
         ({"alignment": {"method": "nope"}}, 400, "alignment.method", "unknown method 'nope'; valid:"),
         ({"alignment": {"method": "bon"}}, 400, "alignment.reward", "needs a reward"),
         (
@@ -608,7 +608,7 @@ def test_malformed_bodies(server, path, body, param, message):
 
 def test_openai_client_raises_on_bad_input(client):
     with pytest.raises(openai.BadRequestError, match="temperature"):
-        client.completions.create(model="toy", prompt="ab", temperature=0)
+        client.completions.create(model="toy", prompt="ab", temperature=2.5)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "ab"}])
 

@@ -118,7 +118,7 @@ CRASHES = [  # each was a 500 (or a silent misreading) before
     (C, {"prompt": "ab\ud800"}, 400, "prompt.0", "lone surrogate"),
     (C, {"prompt": ["ab", "\udc00"]}, 400, "prompt.1", "lone surrogate"),
     (C, {"prompt": 5}, 400, "prompt", "a string or a list of strings"),
-    (C, {"prompt": [1, 2, 3]}, 400, "prompt.0", "valid string"),
+    (C, {"prompt": [1, 2, 7]}, 400, "prompt", "vocabulary"),
     (C, {"stop": "\ud800"}, 400, "stop.0", "lone surrogate"),
     (C, {"stop": 7}, 400, "stop", "a string or a list of strings"),
     (C, {"model": "to\ud800y"}, 400, "model", "string"),

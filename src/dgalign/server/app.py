@@ -1,15 +1,27 @@
 """The OpenAI-compatible HTTP API: `create_app(lm, ...)` returns the FastAPI app.
 
-    GET  /v1/models · POST /v1/completions · POST /v1/chat/completions · GET /health · GET /metrics
+    GET  /v1/models · POST /v1/completions · POST /v1/chat/completions · POST /v1/score
+    GET  /health · GET /metrics · GET /tokenizer_info · POST /tokenize · POST /detokenize
 
 Requests and responses have OpenAI's shapes; alignment is the extra request field
 `"alignment": {"method", "reward", "beta", "params"}` (absent: plain sampling). Each choice
 carries its `reward`; a top-level `dgalign` object carries the method, reward spec, β, params and
 the cost of the sampler call that served the request (`batch_prompts` prompts shared it).
-`/v1/completions` continues the prompt as raw text; `/v1/chat/completions` applies the model's
-chat template to the whole conversation, and the reward sees the last user message as the prompt.
-With `stream: true` plain sampling is sent token by token; an aligned method's answer is sent
-when it has been chosen (it is picked among candidates at the end).
+`/v1/completions` continues the prompt as raw text or token ids; `/v1/chat/completions` applies
+the model's chat template to the whole conversation, and the reward sees the last user message as
+the prompt. With `stream: true` plain sampling is sent token by token; an aligned method's answer
+is sent when it has been chosen (it is picked among candidates at the end). Clients send `model`
+as the served name (`served_model_name`, default the LM's name); `/v1/models` lists it with its
+`max_model_len`.
+
+For eval tools: `temperature: 0` is greedy; `logprobs` (completions: an int, the top alternatives;
+chat: `logprobs: true` and `top_logprobs`) and `echo` (completions; `max_tokens: 0` then scores
+the prompt alone) give the base model's per-token log-probs for plain sampling, and a 400 for an
+aligned method, whose answers are not drawn token by token from them; vLLM's `top_k` and
+`stop_token_ids` are honoured, its other sampling fields refused unless neutral (`schemas.UNSUPPORTED`);
+`/tokenize`, `/detokenize` and `/tokenizer_info` are vLLM's, so lm-evaluation-harness counts tokens
+with the served model's own tokenizer (`tokenizer_backend=remote`). A client that disconnects
+abandons its job (see `generation`).
 
 Every error has OpenAI's body `{"error": {"message", "type", "param", "code"}}`. A request is
 checked whole before it is queued, cheapest checks first: the body's size (413), its fields, the
@@ -37,6 +49,7 @@ from .generation import Generation
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .middleware import BearerAuth, BodyLimit, error_response
 from .schemas import APIError
+from .utility import Utility
 
 log = logging.getLogger("dgalign.server")
 
@@ -49,7 +62,9 @@ def create_app(
     batch_wait_ms: float = 5.0,  # how long the oldest request waits for others to share its call
     max_queue: int = 256,  # most prompts waiting for a sampler call; more get 429
     api_key: str | None = None,  # required as `Authorization: Bearer KEY` when set (not on OPEN_PATHS)
+    served_model_name: str | None = None,  # the `model` clients send; None: the LM's own name
 ) -> FastAPI:
+    name = served_model_name or lm.name
     engine = Engine(lm, limits)
     metrics = Metrics()
     batcher = Batcher(engine.run, max_batch=max_batch, wait_s=batch_wait_ms / 1000, max_queue=max_queue,
@@ -63,8 +78,10 @@ def create_app(
 
     app = FastAPI(title="dgalign", description=__doc__, lifespan=lifespan)
     add_error_handlers(app)
-    add_info_endpoints(app, lm, batcher, metrics)
-    Generation(lm, engine, batcher, metrics, max_queue).register(app)
+    add_info_endpoints(app, lm, name, batcher, metrics)
+    generation = Generation(lm, engine, batcher, metrics, max_queue, name)
+    generation.register(app)
+    Utility(generation).register(app)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     app.add_middleware(BearerAuth, api_key=api_key)  # before the body is read
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too
@@ -98,13 +115,13 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(APIError(500, f"internal error ({type(err).__name__}); see the server log"))
 
 
-def add_info_endpoints(app: FastAPI, lm: LM, batcher: Batcher, metrics: Metrics) -> None:
-    """/health, /metrics (Prometheus) and /v1/models."""
+def add_info_endpoints(app: FastAPI, lm: LM, name: str, batcher: Batcher, metrics: Metrics) -> None:
+    """/health, /metrics (Prometheus) and /v1/models (`name` is the served model name)."""
     started = int(time.time())
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": lm.name, "waiting": len(batcher.waiting)}
+        return {"status": "ok", "model": name, "waiting": len(batcher.waiting)}
 
     @app.get("/metrics")
     async def prometheus():
@@ -114,5 +131,6 @@ def add_info_endpoints(app: FastAPI, lm: LM, batcher: Batcher, metrics: Metrics)
     async def models():
         return {
             "object": "list",
-            "data": [{"id": lm.name, "object": "model", "created": started, "owned_by": "dgalign"}],
+            "data": [{"id": name, "object": "model", "created": started, "owned_by": "dgalign", "root": lm.name,
+                      "max_model_len": lm.max_context}],
         }

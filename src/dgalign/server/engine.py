@@ -3,9 +3,17 @@
 `check_chars` refuses an oversized prompt before it is tokenised; `prepare` (off the event loop)
 checks everything else a request asks for (limits, method, its config fields, checkpoint, reward)
 and returns the batching key with the job; `run` executes a batch in the inference thread and
-splits the `Samples` back per job. Rewards are built once per spec and kept. A client names only
-what the server ships (built-in rewards with numeric parameters, shipped DGA checkpoints) unless
-the operator allowed more: nothing a client sends makes the server import, read or probe a path.
+splits the `Samples` back per job, then scores the tokens of the jobs that asked for `logprobs`
+(`logprobs.score_tokens`). Rewards are built once per spec and kept. A client names only what the
+server ships (built-in rewards with numeric parameters, shipped DGA checkpoints) unless the
+operator allowed more: nothing a client sends makes the server import, read or probe a path.
+
+`temperature: 0` is greedy decoding, exactly and without a sampler of its own: the method's config
+gets `top_k=1, temperature=1.0` (the top token only; top_p and top_k then change nothing). Every
+method's config has the shared `top_k`, so an aligned method at temperature 0 draws its base
+proposals greedily: its candidates (BoN's n, SMC's particles, ARGS's top_k) all become the greedy
+answer. A sampler call whose every request has been abandoned (its clients left) stops at its next
+step: the sampler's callback raises `Abandoned`.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from ..config import apply_overrides
+from ..cost import Meter
 from ..errors import DGAlignError, Unavailable, UnknownNameError
 from ..ops import make_generator
 from ..rewards import REWARDS, get_reward
 from ..samplers import get_method, get_sampler
 from ..samplers.dga.checkpoint import SHIPPED, DGANets
 from ..types import LM, Prompts, Reward, SamplerConfig
+from .logprobs import Scored, score_tokens
 from .schemas import Alignment, APIError
 from .streaming import sample_base_streaming
 
@@ -40,6 +50,8 @@ RESERVED = {
     "temperature": "temperature",
     "top_p": "top_p",
 }
+REQUEST_FIELD = RESERVED | {"top_k": "top_k"}  # the request field behind each config field the request sets
+GREEDY = {"temperature": "1.0", "top_k": "1"}  # temperature 0: keep the top token only, at the model's temperature
 
 _WEIGHT = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _NUMBER = re.compile(_WEIGHT)
@@ -70,6 +82,10 @@ class Limits:
     checkpoint_paths: bool = False  # accept DGA checkpoint paths, not only the shipped names
 
 
+class Abandoned(Exception):
+    """Every request of a sampler call has been abandoned: the call stops where it is."""
+
+
 @dataclass
 class Work:
     """One request's job: every job of a batch has the same method, reward, config and seed."""
@@ -81,13 +97,27 @@ class Work:
     prompts: Prompts
     seed: int | None  # None: the server's own generator
     stream_tokens: bool  # plain sampling streamed token by token
+    max_tokens: int = 1  # the request's; 0 draws nothing (echo: the prompt is only scored)
+    logprobs: int | None = None  # score each token, with this many top alternatives; None: no scoring pass
+    echo: bool = False  # score the prompt's tokens too
     on_token: Callable[[int, int], None] | None = field(
         default=None, repr=False
     )  # (choice, token), thread-side
+    abandoned: bool = False  # its client left: set on the event loop, read by the inference thread
 
     @property
     def choices(self) -> int:
         return len(self.prompts) * self.cfg.num_samples
+
+
+@dataclass
+class ScoreWork:
+    """A /v1/score job: a reward of (prompt, completion) pairs, alone in its call."""
+
+    reward: Reward
+    prompts: list[str]
+    completions: list[str]
+    abandoned: bool = False
 
 
 @dataclass
@@ -97,8 +127,9 @@ class Answer:
     texts: list[str]
     token_ids: list[list[int]]
     rewards: list[float | None]  # None when no reward was asked for
-    cost: dict  # `Cost.as_dict()` of the whole sampler call
+    cost: dict  # `Cost.as_dict()` of the whole sampler call (plus this job's `logprob_forward_tokens`)
     batch_prompts: int  # prompts that shared the call
+    scored: list[Scored] | None = None  # per-token log-probs of each choice, when the job asked for them
 
 
 class Engine:
@@ -123,17 +154,36 @@ class Engine:
                 "context_length_exceeded",
             )
 
-    def reward(self, spec: str) -> Reward:
-        """The reward a spec names, built on first use (call it off the event loop: models may load)."""
+    def check_prompt_tokens(self, tokens: int, param: str) -> None:
+        """Refuse a prompt of more tokens than this server serves."""
+        if tokens > self.prompt_tokens:
+            raise APIError(
+                400,
+                f"the prompt is {tokens} tokens; this server accepts at most {self.prompt_tokens}",
+                param,
+                "context_length_exceeded",
+            )
+
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        """Refuse token ids outside the vocabulary [0, vocab_size)."""
+        bad = next((t for t in ids if not 0 <= t < self.lm.vocab_size), None)
+        if bad is not None:
+            raise APIError(
+                400, f"{param}: token id {bad} is not in {self.lm.name}'s vocabulary [0, {self.lm.vocab_size})", param
+            )
+
+    def reward(self, spec: str, param: str = "alignment.reward") -> Reward:
+        """The reward a spec names, built on first use (call it off the event loop: models may load);
+        a refusal names `param`, the request field that gave the spec."""
         if not self.limits.custom_rewards:
             for term in _TERM_SEP.split(spec):
                 if not _builtin(term):
                     raise APIError(
                         400,
-                        f"alignment.reward: term {term.strip()!r} is not allowed; this server accepts "
+                        f"{param}: term {term.strip()!r} is not allowed; this server accepts "
                         f"built-in rewards only ({', '.join(REWARDS)}) with their numeric parameters, "
                         "as NAME[(KEY=NUMBER,...)][:WEIGHT]",
-                        "alignment.reward",
+                        param,
                     )
         with self._lock:
             if spec not in self._rewards:
@@ -141,13 +191,13 @@ class Engine:
                     built = get_reward(spec)
                 except Unavailable as err:  # valid, but this machine lacks a part: its paths are not the client's
                     log.warning("reward %r is unavailable here: %s", spec, err)
-                    raise APIError(400, f"alignment.reward: {spec!r} is not available on this server (a model or "
-                                   "file it needs is not installed; see the server log)", "alignment.reward",
+                    raise APIError(400, f"{param}: {spec!r} is not available on this server (a model or "
+                                   "file it needs is not installed; see the server log)", param,
                                    "reward_unavailable") from None
                 except Exception as err:  # a constructor the client chose: what it raises is the request's
                     if not isinstance(err, DGAlignError):
                         log.warning("reward %r could not be built", spec, exc_info=True)
-                    raise APIError(400, f"alignment.reward: {_one_line(err)}", "alignment.reward") from None
+                    raise APIError(400, f"{param}: {_one_line(err)}", param) from None
                 if len(self._rewards) >= _MAX_REWARDS:
                     self._rewards.pop(next(iter(self._rewards)))
                 self._rewards[spec] = built
@@ -197,6 +247,9 @@ class Engine:
         seed: int | None,
         stream: bool,
         prompt_param: str,
+        top_k: int | None = None,  # vLLM's; -1 and 0 turn it off; None leaves the method's
+        logprobs: int | None = None,  # top alternatives per token; None: no per-token log-probs
+        echo: bool = False,
     ) -> tuple[Hashable, Work]:
         """Check a request against the limits and the method's config, then build its reward (off the event
         loop: checkpoints are read, reward models may load); the batching key and the job."""
@@ -208,13 +261,7 @@ class Engine:
                 400, f"max_tokens must be at most {lim.max_tokens}, got {max_tokens}", "max_tokens"
             )
         longest = max(len(ids) for ids in prompts.ids)
-        if longest > self.prompt_tokens:
-            raise APIError(
-                400,
-                f"the prompt is {longest} tokens; this server accepts at most {self.prompt_tokens}",
-                prompt_param,
-                "context_length_exceeded",
-            )
+        self.check_prompt_tokens(longest, prompt_param)
         if longest + max_tokens > self.lm.max_context:
             raise APIError(
                 400,
@@ -228,6 +275,15 @@ class Engine:
             method = get_method(alignment.method)
         except UnknownNameError as err:
             raise APIError(400, str(err), "alignment.method") from None
+        for param, asked in [("logprobs", logprobs is not None), ("echo", echo)]:
+            if asked and alignment.method != "base":
+                raise APIError(
+                    400,
+                    f"{param}: logprobs are defined for plain sampling only (method 'base'); method "
+                    f"{alignment.method!r}'s answers are not drawn from per-token probabilities (it chooses "
+                    "among candidates by their reward), so per-token log-probs would not describe them",
+                    param,
+                )
         if method.needs_reward and alignment.reward is None:
             raise APIError(
                 400,
@@ -244,12 +300,19 @@ class Engine:
         sampler, default = get_sampler(alignment.method)
         given = {k: _as_text(v) for k, v in alignment.params.items()}
         fixed = {
-            "max_new_tokens": str(max_tokens),
+            "max_new_tokens": str(max(max_tokens, 1)),  # 0 draws nothing; the config still needs a length
             "num_samples": str(n),
             "beta": repr(alignment.beta),
             "temperature": repr(temperature),
             "top_p": repr(top_p),
         }
+        if temperature == 0:
+            fixed |= GREEDY
+        elif top_k is not None:
+            if "top_k" in given:
+                raise APIError(400, "alignment.params.top_k: the request's top_k sets it too; give one of them",
+                               "alignment.params.top_k")
+            fixed["top_k"] = str(max(top_k, 0))  # vLLM's -1 is "off", as 0 is here
         cfg = _config(default, given, fixed)
         if given.get("checkpoint"):  # only DGA's config has the field, and apply_overrides accepted it
             self.checkpoint(cfg.checkpoint)
@@ -261,29 +324,55 @@ class Engine:
             alignment.reward,
             repr(cfg),
             stream_tokens,
+            max_tokens > 0,
             None if seed is None else object(),
         )
-        return key, Work(sampler, alignment.method, reward, cfg, prompts, seed, stream_tokens)
+        return key, Work(sampler, alignment.method, reward, cfg, prompts, seed, stream_tokens, max_tokens,
+                         logprobs, echo)
 
-    def run(self, works: list[Work]) -> list[Answer]:
-        """One sampler call on the concatenated prompts of a batch of jobs (inference thread)."""
+    def run(self, works: list[Work] | list[ScoreWork]) -> list[Answer] | list[tuple[list[float], dict]]:
+        """One sampler call on the concatenated prompts of a batch of jobs (inference thread), then the
+        scoring pass of the jobs that asked for logprobs; a /v1/score job is one reward call."""
+        if isinstance(works[0], ScoreWork):
+            return [self.score(w) for w in works]
+        answers = self.sample(works) if works[0].max_tokens > 0 else self.nothing(works)
+        for w, answer in zip(works, answers, strict=True):
+            if w.logprobs is not None and not w.abandoned:
+                before = self.lm.forward_tokens
+                answer.scored = [
+                    score_tokens(self.lm, w.prompts.ids[i // w.cfg.num_samples], tokens, echo=w.echo, top=w.logprobs)
+                    for i, tokens in enumerate(answer.token_ids)
+                ]
+                answer.cost = answer.cost | {"logprob_forward_tokens": self.lm.forward_tokens - before}
+        return answers
+
+    def sample(self, works: list[Work]) -> list[Answer]:
+        """The batch's sampler call, split back per job."""
         first = works[0]
         prompts = Prompts(
             [t for w in works for t in w.prompts.texts], [ids for w in works for ids in w.prompts.ids]
         )
         generator = self.generator if first.seed is None else make_generator(first.seed, self.lm.device)
+
+        def unless_abandoned(info: dict | None = None) -> None:  # the sampler's callback, once per step
+            if all(w.abandoned for w in works):
+                raise Abandoned("every client of this sampler call has left")
+
         if first.stream_tokens:
             owner = [(w, c) for w in works for c in range(w.choices)]  # batch row -> (job, choice)
+
+            def on_token(row: int, token: int) -> None:
+                unless_abandoned()
+                job, choice = owner[row]
+                if not job.abandoned:  # a client that left is fed no more
+                    job.on_token(choice, token)
+
             out = sample_base_streaming(
-                self.lm,
-                first.reward,
-                prompts,
-                first.cfg,
-                generator=generator,
-                on_token=lambda row, tok: owner[row][0].on_token(owner[row][1], tok),
+                self.lm, first.reward, prompts, first.cfg, generator=generator, on_token=on_token
             )
         else:
-            out = first.sampler(self.lm, first.reward, prompts, first.cfg, generator=generator)
+            out = first.sampler(self.lm, first.reward, prompts, first.cfg, generator=generator,
+                                callback=unless_abandoned)
         rewards = [None if math.isnan(r) else r for r in out.rewards.tolist()]
         cost = out.cost.as_dict()
         answers, start = [], 0
@@ -303,6 +392,19 @@ class Engine:
             )
             start += len(w.prompts)
         return answers
+
+    def nothing(self, works: list[Work]) -> list[Answer]:
+        """max_tokens 0: no sampler call, an empty answer per choice (the prompt is only scored)."""
+        cost = Meter(self.lm).finish(generated_tokens=0).as_dict()
+        size = sum(len(w.prompts) for w in works)
+        return [Answer([""] * w.choices, [[] for _ in range(w.choices)], [None] * w.choices, cost, size)
+                for w in works]
+
+    def score(self, work: ScoreWork) -> tuple[list[float], dict]:
+        """A reward of (prompt, completion) pairs (finite, or the call fails) and the cost of the call."""
+        meter = Meter(self.lm)
+        values = meter.score(work.reward, work.prompts, work.completions).tolist()
+        return values, meter.finish(generated_tokens=0).as_dict()
 
     def finish_reason(self, tokens: list[int], max_tokens: int) -> str:
         """ "stop" when the model ended the answer, "length" when the limit did."""
@@ -348,12 +450,19 @@ def _numeric_params(name: str) -> dict[str, type]:
 
 
 def _config(default: SamplerConfig, given: dict[str, str], fixed: dict[str, str]) -> SamplerConfig:
-    """The method's config built as the CLI builds it; a refusal names the `alignment.params` field that
-    caused it (the first that fails on its own), or `alignment.params` when only their combination fails."""
+    """The method's config built as the CLI builds it; a refusal names the request field that caused it (one
+    the request sets, e.g. top_k, failing on its own), else the `alignment.params` field (the first that
+    fails on its own), or `alignment.params` when only their combination fails."""
     try:
         return apply_overrides(default, given | fixed)
     except (DGAlignError, ValueError) as err:
         message = str(err).removeprefix("--set ")
+    for key, value in fixed.items():
+        try:
+            apply_overrides(default, {key: value})
+        except (DGAlignError, ValueError):
+            param = REQUEST_FIELD[key]
+            raise APIError(400, f"{param}: {message}", param) from None
     param = "alignment.params"
     for key, value in given.items():
         try:

@@ -43,21 +43,26 @@ class TextStream:
     """The text of one streamed choice: each new token yields the part that is safe to send.
 
     Text that could still become the start of a stop string, or an incomplete UTF-8 character
-    (decoded as U+FFFD), is held back until the next token or the end decides it.
+    (decoded as U+FFFD), is held back until the next token or the end decides it. A token in
+    `stop_ids` ends the text after it (`finish` sends what is left).
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stops: list[str]):
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], stop_ids: frozenset[int] = frozenset()):
         self.decode = decode
         self.stops = stops
+        self.stop_ids = stop_ids
         self.hold = max((len(s) for s in stops), default=1) - 1  # characters a stop string could still claim
         self.tokens: list[int] = []
         self.sent = ""
-        self.stopped = False  # a stop string was seen: later tokens are not shown
+        self.stopped = False  # a stop string or stop token was seen: later tokens are not shown
 
     def push(self, token: int) -> str:
         if self.stopped:
             return ""
         self.tokens.append(token)
+        if token in self.stop_ids:
+            self.stopped = True  # the final text, and what was held back, is sent by `finish`
+            return ""
         text, self.stopped = cut_at_stop(self.decode(self.tokens), self.stops)
         if not self.stopped:
             text = text.rstrip("\ufffd")
