@@ -1,7 +1,7 @@
 """The `dgalign` command line: thin wrappers over the library, imports made lazily.
 
 Commands: generate · exact · models · rewards · methods · serve · train-dpo · train-rm · rm-eval ·
-bench · report.
+bench · report · rate · judge.
 """
 
 from __future__ import annotations
@@ -524,6 +524,93 @@ def report(
 
     path = write_report(run_dir)
     typer.echo(f"wrote {path} and plots beside it")
+
+
+DIMENSIONS = "quality,helpfulness,harmlessness"  # what raters and judges compare, by default
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _dimensions(dimensions: str) -> list[str]:
+    dims = [d.strip() for d in dimensions.split(",") if d.strip()]
+    _check(bool(dims) and len(set(dims)) == len(dims), f"--dimensions lists distinct names, got {dimensions!r}")
+    return dims
+
+
+@app.command()
+def rate(
+    run_dir: Annotated[str, typer.Argument(help="A `dgalign bench --out` directory; ratings go to its "
+                                                "ratings.sqlite.")],
+    pair: Annotated[str | None, typer.Option(help="Two method labels A,B to compare (default: every pair).")] = None,
+    dimensions: Annotated[str, typer.Option(help="Comma-separated dimensions, one verdict each.")] = DIMENSIONS,
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8010,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; others need --access-token).")] = (
+        "127.0.0.1"),
+    access_token: Annotated[str | None, typer.Option(envvar="DGALIGN_RATE_TOKEN", help="Require this token "
+                                                     "(open the page with ?access=TOKEN).")] = None,
+    invite: Annotated[str | None, typer.Option(help="Print a sign-in token for the rater NAME and exit; the name "
+                                                    "then signs in by token only.")] = None,
+) -> None:
+    """Blind side-by-side rating of a bench run's answers in the browser (method names hidden, random order)."""
+    from pathlib import Path
+
+    run = Path(run_dir).expanduser()
+    _check(1 <= port <= 65535, f"--port must be in 1..65535, got {port}")
+    _check(host in LOOPBACK or bool(access_token), f"--host {host} is reachable by others: give --access-token "
+                                                    "(or $DGALIGN_RATE_TOKEN)")
+    dims = _dimensions(dimensions)
+    import uvicorn
+
+    from .rate.app import create_app
+    from .rate.store import Store, resolve_pairs
+
+    pairs = resolve_pairs(run, pair)
+    store = Store(run)
+    if invite is not None:
+        token = store.invite(invite)
+        typer.echo(f"token for {invite.strip()!r} (shown once; sign in with it on the rating page):\n{token}")
+        return
+    items = store.sync_items(pairs)
+    _check(bool(items), f"no prompt in {run} has answers of both methods of {', '.join('/'.join(p) for p in pairs)}")
+    server = create_app(store, items, dims, access_token=access_token)
+    typer.echo(f"rating {len(items)} pairs ({len(pairs)} method pair(s), {', '.join(dims)}) on http://{host}:{port}/ "
+               f"-> {store.path}", err=True)
+    uvicorn.run(server, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def judge(
+    run_dir: Annotated[str, typer.Argument(help="A `dgalign bench --out` directory; verdicts go to its "
+                                                "ratings.sqlite.")],
+    pair: Annotated[str, typer.Option(help="Two method labels A,B to compare.")],
+    judge_model: Annotated[str, typer.Option("--judge", help="Judge LM: built-in name, HF id or local path.")] = (
+        DEFAULT_MODEL),
+    dimensions: Annotated[str, typer.Option(help="Comma-separated dimensions, one verdict each.")] = DIMENSIONS,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: DType = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Pairwise LM judge (MT-Bench prompt, both orders; a verdict that flips with the order is a tie)."""
+    from pathlib import Path
+
+    from .lm import load_lm
+    from .rate.judge import judge_run, lm_judge
+    from .rate.store import Store, resolve_pairs
+
+    run = Path(run_dir).expanduser()
+    dims = _dimensions(dimensions)
+    pairs = resolve_pairs(run, pair)
+    loading = _model_options(dtype, device, None, None, False)
+    store = Store(run)
+    items = store.sync_items(pairs)
+    _check(bool(items), f"no prompt in {run} has answers of both {pair}")
+    lm = load_lm(judge_model, **loading)
+    rater = f"judge:{Path(judge_model).name if Path(judge_model).exists() else judge_model}"
+    rows = judge_run(store, items, lm_judge(lm), rater, dims)
+    columns = ["rater", "x", "y", "dimension", "items", "x_wins", "ties", "y_wins", "inconsistent"]
+    _table([*([] if as_json else [dict(zip(columns, columns, strict=True))]), *({"rater": rater, **r} for r in rows)],
+           columns, as_json)
+    if not as_json:
+        typer.echo(f"verdicts in {store.path}; next: dgalign report {run_dir}", err=True)
 
 
 # click's UsageError (bad options, arguments, values), in whichever click this typer runs on

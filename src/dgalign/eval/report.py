@@ -4,7 +4,8 @@ Per suite, per method: means with 95% Student-t intervals over rows (one row per
 set-level diversity, cost per answer; and four plots that ask "which method gives the most reward
 for the least compute and the least drift from the base model?":
 reward vs wall time per token · reward vs KL with the best-of-N bound curve · gold vs proxy reward
-(over-optimisation) · the reward–KL frontier of β sweeps (a sampler run at several β).
+(over-optimisation) · the reward–KL frontier of β sweeps (a sampler run at several β); and, when the run
+holds ratings (`dgalign rate`, `dgalign judge`), the human-evaluation section (eval/human.py).
 Every file is written atomically.
 """
 
@@ -19,6 +20,7 @@ from ..config import check_out_dir
 from ..errors import DGAlignError
 from . import metrics
 from .harness import read_manifest, read_rows, write_atomic
+from .human import human_section
 
 BON_CURVE_N = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # N of the best-of-N curve
 
@@ -326,6 +328,10 @@ def write_report(run_dir: str | Path) -> Path:
         summary[name] = s
         plots = plot_suite(name, s, rows, plot_dir)
         sections.append(suite_markdown(name, s, manifest, plots))
+    human = human_section(run, plot_dir)  # `dgalign rate` / `dgalign judge` ratings, when there are any
+    if human:
+        sections.append(human[0])
+        summary["human_evaluation"] = human[1]
     first = next(iter(suites.values()))[0]
     versions = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
     machine = first["machine"]
