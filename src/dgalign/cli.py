@@ -586,24 +586,24 @@ def judge(
         DEFAULT_MODEL),
     dimensions: Annotated[str, typer.Option(help="Comma-separated dimensions, one verdict each.")] = DIMENSIONS,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
-    dtype: DType = "auto",
+    dtype: Annotated[str, typer.Option(help="Judge weights' dtype: auto, float32, bfloat16, float16.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Pairwise LM judge (MT-Bench prompt, both orders; a verdict that flips with the order is a tie)."""
     from pathlib import Path
 
-    from .lm import load_lm
+    from .lm import DTYPES, load_lm
     from .rate.judge import judge_run, lm_judge
     from .rate.store import Store, resolve_pairs
 
     run = Path(run_dir).expanduser()
     dims = _dimensions(dimensions)
+    _check(dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     pairs = resolve_pairs(run, pair)
-    loading = _model_options(dtype, device, None, None, False)
     store = Store(run)
     items = store.sync_items(pairs)
     _check(bool(items), f"no prompt in {run} has answers of both {pair}")
-    lm = load_lm(judge_model, **loading)
+    lm = load_lm(judge_model, dtype=dtype, device=device)
     rater = f"judge:{Path(judge_model).name if Path(judge_model).exists() else judge_model}"
     rows = judge_run(store, items, lm_judge(lm), rater, dims)
     columns = ["rater", "x", "y", "dimension", "items", "x_wins", "ties", "y_wins", "inconsistent"]
