@@ -23,6 +23,10 @@ are ≈ X × base's, measured: base and the method (knob = 1 and 4) run on the f
 tokens per answer, and knob = round((X·base − a) / b) ≥ 1. Measuring counts what the samplers
 really do (shared prefill, early EOS, rewrites) rather than an analytic model. The result is
 stored in the manifest and reused on resume.
+
+Where the rows run is the runner's business: `LocalRows` runs them here, one after another;
+`ray_bench.RayRows` (`dgalign bench --ray`) on Ray actors. Both build the shared context with
+`load_context` and run each row through `run_row`; either way this process alone writes the rows file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,14 +333,19 @@ def _generator(seed: int, prompt_index: int, device):
     return make_generator(seed * 1_000_003 + prompt_index, device)
 
 
+def row_head(suite: str, method: _Method, index: int, row: dict, seed: int) -> dict:
+    """What a row records before its answer: which (prompt, method, seed) it is, and the method's settings."""
+    return {"suite": suite, "prompt_index": index, "method": method.label, "sampler": method.name,
+            "seed": seed, "beta": method.cfg.beta, "config": dataclasses.asdict(method.cfg), "prompt": row["prompt"],
+            **({"prompt_id": row["id"]} if "id" in row else {})}
+
+
 def run_row(ctx: RunContext, method: _Method, index: int, row: dict, seed: int) -> dict:
     """Sample one answer and measure it; an exception from the sampler or a metric becomes the row's error."""
     from ..types import Prompts
 
     lm, prompt = ctx.lm, row["prompt"]
-    out = {"suite": ctx.suite, "prompt_index": index, "method": method.label, "sampler": method.name,
-           "seed": seed, "beta": method.cfg.beta, "config": dataclasses.asdict(method.cfg), "prompt": prompt,
-           **({"prompt_id": row["id"]} if "id" in row else {})}
+    out = row_head(ctx.suite, method, index, row, seed)
     try:
         batch = Prompts.encode(lm, [prompt], raw=ctx.raw)
         cpu0 = metrics.cpu_seconds()
@@ -416,18 +427,24 @@ def calibrate(ctx: RunContext, methods: list[_Method], rows: list[dict], multipl
 
 
 # -- the grid -------------------------------------------------------------------------------------
-def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None = None,
-              retry_errors: bool = False) -> Path:
-    """Run (or resume) the grid; returns the rows file."""
-    from tqdm import tqdm
+@dataclass
+class Plan:
+    """A run checked before any model loads: its settings (suite defaults filled in), methods, prompts, files."""
 
+    cfg: BenchConfig  # reward, gold, raw and ppl_model resolved
+    name: str  # suite_label(cfg.suite)
+    methods: list[_Method]
+    prompts: list[dict]  # the suite's rows ("prompt", optionally "reference", "id", ...), first n_prompts
+    rows_path: Path
+    manifest_path: Path
+    manifest: dict  # to write once the rows to run are known
+
+
+def plan_bench(cfg: BenchConfig, argv: list[str] | None = None) -> Plan:
+    """Check everything checkable without a model (settings against an existing manifest, its rows file too)."""
     from ..bench import get_suite, load_prompts
-    from ..cost import prepare, timed
-    from ..lm import load_lm
     from ..rewards import get_reward
-    from ..types import Prompts
 
-    # everything checkable without a model is checked first
     if cfg.n_prompts < 1 or cfg.max_new_tokens < 1:
         raise DGAlignError(f"--n-prompts and --max-new-tokens must be at least 1 (got {cfg.n_prompts}, "
                            f"{cfg.max_new_tokens})")
@@ -450,12 +467,21 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
         raw=cfg.raw if cfg.raw is not None else bool(suite_raw),
         ppl_model=resolve_ppl_model(cfg),
     )
-    proxy = get_reward(cfg.reward)
-    gold = {spec: get_reward(spec) for spec in cfg.gold}
+    for spec in [cfg.reward, *cfg.gold]:  # the specs are checked here; each runner builds its own rewards
+        get_reward(spec)
     name = suite_label(cfg.suite)
     rows_path, manifest_path = out_dir / f"{name}.jsonl", out_dir / f"{name}.manifest.json"
     manifest = _manifest(cfg, manifest_path, argv)  # a resumed run's settings are checked here,
     read_rows(rows_path, checked=True)  # and its rows file: before the models load and anything is written
+    return Plan(cfg, name, methods, rows, rows_path, manifest_path, manifest)
+
+
+def load_context(cfg: BenchConfig, name: str) -> tuple[RunContext, float]:
+    """The model, rewards and perplexity judge a run's rows share, and the LM's load seconds: built the same
+    way here and in every Ray worker."""
+    from ..cost import timed
+    from ..lm import load_lm
+    from ..rewards import get_reward
 
     loading = {"dtype": cfg.dtype, "device": cfg.device, "device_map": cfg.device_map, "revision": cfg.revision,
                "trust_remote_code": cfg.trust_remote_code}
@@ -464,36 +490,76 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
     if cfg.ppl_model:  # the judge loads on the LM's device, in its dtype (its own revision: the default)
         judge = lm if cfg.ppl_model == cfg.model else load_lm(cfg.ppl_model, dtype=cfg.dtype, device=str(lm.device),
                                                               chat=False)
-    ctx = RunContext(name, lm, cfg.raw, proxy, gold, judge)
+    return RunContext(name, lm, cfg.raw, get_reward(cfg.reward), {s: get_reward(s) for s in cfg.gold}, judge), load_s
 
-    out_dir.mkdir(parents=True, exist_ok=True)  # every input is valid: only now is anything written
-    existing = read_rows(rows_path, repair=True)
-    if retry_errors and any(r.get("error") for r in existing):
-        existing = [r for r in existing if not r.get("error")]
-        write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in existing))
-    done = {(r["prompt_index"], r["method"], r["seed"]) for r in existing}
-    pending = [(i, m.label, s) for i in range(len(rows)) for m in methods for s in cfg.seeds]
-    if not done.issuperset(pending):  # the first row must not pay for lazy loads: time them apart, on record
-        batch = Prompts.encode(lm, [rows[0]["prompt"]], raw=cfg.raw)
-        manifest["invocations"][-1]["setup"] = prepare(lm, proxy, *gold.values(), prompts=batch, load_s=load_s)
 
-    if cfg.budget_matched:
-        manifest["budget"] = calibrate(ctx, methods, rows[:CALIBRATION_PROMPTS], cfg.budget_matched,
-                                       manifest["budget"])
-        for i, m in enumerate(methods):
-            entry = manifest["budget"].get(m.label, {})
-            if "value" in entry:
-                methods[i] = dataclasses.replace(m, cfg=dataclasses.replace(m.cfg, **{entry["knob"]: entry["value"]}))
-    manifest["methods"].update({m.label: {"spec": m.spec, "sampler": m.name, "config": dataclasses.asdict(m.cfg)}
-                                for m in methods})
-    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+def warm_up(ctx: RunContext, prompt: dict, load_s: float) -> dict[str, float]:
+    """Pay the one-off costs (`cost.prepare`) before the first row, so no row's cost includes them; their timings."""
+    from ..cost import prepare
+    from ..types import Prompts
 
-    grid = [(i, m, s) for i in range(len(rows)) for m in methods for s in cfg.seeds if (i, m.label, s) not in done]
-    total = len(rows) * len(methods) * len(cfg.seeds)
-    with open(rows_path, "a") as f, tqdm(total=total, initial=total - len(grid), desc=f"bench {name}", unit="row",
-                                         file=sys.stderr, disable=not progress or None) as bar:
+    batch = Prompts.encode(ctx.lm, [prompt["prompt"]], raw=ctx.raw)
+    return prepare(ctx.lm, ctx.proxy, *ctx.gold.values(), prompts=batch, load_s=load_s)
+
+
+class LocalRows:
+    """Rows run in this process, one after another."""
+
+    def __init__(self, plan: Plan):
+        self.ctx, self.load_s = load_context(plan.cfg, plan.name)
+        self.prompts = plan.prompts
+
+    def setup(self) -> dict:
+        """What the invocation records of this runner's setup: "setup" (`warm_up`'s timings)."""
+        return {"setup": warm_up(self.ctx, self.prompts[0], self.load_s)}
+
+    def calibrate(self, methods: list[_Method], multiple: float, known: dict) -> dict:
+        return calibrate(self.ctx, methods, self.prompts[:CALIBRATION_PROMPTS], multiple, known)
+
+    def run(self, grid: list[tuple[int, _Method, int]]) -> Iterator[dict]:
         for i, method, seed in grid:
-            bar.set_postfix_str(method.label, refresh=False)
-            _append(f, run_row(ctx, method, i, rows[i], seed))
-            bar.update(1)
+            yield run_row(self.ctx, method, i, self.prompts[i], seed)
+
+    def close(self) -> None:
+        pass
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None = None,
+              retry_errors: bool = False, runner: Callable[[Plan], LocalRows] = LocalRows) -> Path:
+    """Run (or resume) the grid; returns the rows file. `runner(plan)` loads what the rows need and runs them:
+    `LocalRows` here, `ray_bench.ray_rows(opts)` on Ray actors."""
+    from tqdm import tqdm
+
+    plan = plan_bench(cfg, argv)
+    cfg, methods, rows_path, manifest = plan.cfg, plan.methods, plan.rows_path, plan.manifest
+    with closing(runner(plan)) as rows:
+        rows_path.parent.mkdir(parents=True, exist_ok=True)  # every input is valid: only now is anything written
+        existing = read_rows(rows_path, repair=True)
+        if retry_errors and any(r.get("error") for r in existing):
+            existing = [r for r in existing if not r.get("error")]
+            write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in existing))
+        done = {(r["prompt_index"], r["method"], r["seed"]) for r in existing}
+        pending = [(i, m.label, s) for i in range(len(plan.prompts)) for m in methods for s in cfg.seeds]
+        if not done.issuperset(pending):  # the first row must not pay for lazy loads: time them apart, on record
+            manifest["invocations"][-1].update(rows.setup())
+
+        if cfg.budget_matched:
+            manifest["budget"] = rows.calibrate(methods, cfg.budget_matched, manifest["budget"])
+            for i, m in enumerate(methods):
+                entry = manifest["budget"].get(m.label, {})
+                if "value" in entry:
+                    methods[i] = dataclasses.replace(m, cfg=dataclasses.replace(m.cfg, **{entry["knob"]: entry["value"]}))
+        manifest["methods"].update({m.label: {"spec": m.spec, "sampler": m.name, "config": dataclasses.asdict(m.cfg)}
+                                    for m in methods})
+        write_atomic(plan.manifest_path, json.dumps(manifest, indent=2) + "\n")
+
+        grid = [(i, m, s) for i in range(len(plan.prompts)) for m in methods for s in cfg.seeds
+                if (i, m.label, s) not in done]
+        total = len(plan.prompts) * len(methods) * len(cfg.seeds)
+        with open(rows_path, "a") as f, tqdm(total=total, initial=total - len(grid), desc=f"bench {plan.name}",
+                                             unit="row", file=sys.stderr, disable=not progress or None) as bar:
+            for row in rows.run(grid):
+                _append(f, row)
+                bar.set_postfix_str(row["method"], refresh=False)
+                bar.update(1)
     return rows_path
