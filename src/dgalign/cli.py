@@ -29,6 +29,33 @@ app = typer.Typer(
 )
 
 
+# `--ray [ADDRESS]` and its companions, on `bench` and `train`
+RayAddress = Annotated[str | None, typer.Option(
+    "--ray", metavar="[ADDRESS]",
+    help="Run on Ray (pip install 'dgalign[ray]'): auto = the running cluster (`ray start`), host:port = that "
+         "one, alone or '' = start one here.")]
+Workers = Annotated[int | None, typer.Option(help="Ray actors with --ray; each loads the model once "
+                                                 "(default 2).")]
+WorkerResources = Annotated[str | None, typer.Option(help='What each Ray actor reserves, JSON (default '
+                                                          '\'{"CPU": 1}\'; e.g. \'{"GPU": 1}\').')]
+
+
+def _ray_options(ray: str | None, workers: int | None, worker_resources: str | None):
+    """`RayOptions` from the flags, or None without --ray."""
+    from .cluster import RayOptions, parse_resources
+
+    _check(ray is not None or workers is None and worker_resources is None,
+           "--workers and --worker-resources need --ray")
+    if ray is None:
+        return None
+    opts = RayOptions(address=ray or "local")
+    _check(workers is None or workers >= 1, f"--workers must be at least 1, got {workers}")
+    opts.workers = workers or opts.workers
+    if worker_resources is not None:
+        opts.resources = parse_resources(worker_resources)
+    return opts
+
+
 def _emit_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
@@ -474,6 +501,9 @@ def bench(
     raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Skip / force the chat template "
                                                                   "(default: the suite's).")] = None,
     retry_errors: Annotated[bool, typer.Option(help="Drop rows that recorded an error and run them again.")] = False,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    worker_resources: WorkerResources = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     prompt_field: Annotated[str, typer.Option(help="Column holding the prompt (.jsonl/.csv files, hf: "
                                                    "datasets).")] = BenchConfig.prompt_field,
@@ -483,14 +513,17 @@ def bench(
     id_field: Annotated[str, typer.Option(help="Column holding the prompt's id, written to each row as "
                                                "prompt_id (default: an 'id' column if any).")] = BenchConfig.id_field,
 ) -> None:
-    """Run methods × prompts × seeds over a suite, one JSONL row each (resumable); then `dgalign report`."""
+    """Run methods × prompts × seeds over a suite, one JSONL row each (resumable); then `dgalign report`.
+
+    With --ray the rows run on Ray actors and come back here, where the rows file is written as without."""
     import os
     import time
 
     from .config import parse_sets
-    from .eval.harness import read_rows, run_bench
+    from .eval.harness import LocalRows, read_rows, run_bench
 
     _check(bool(methods or grid), "give --methods and/or --grid")
+    ray_opts = _ray_options(ray, workers, worker_resources)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
@@ -508,7 +541,12 @@ def bench(
         reference_field=reference_field, id_field=id_field,
     )
     started = time.perf_counter()
-    path = run_bench(cfg, argv=sys.argv, retry_errors=retry_errors)
+    runner = LocalRows
+    if ray_opts is not None:
+        from .eval.ray_bench import ray_rows
+
+        runner = ray_rows(ray_opts)
+    path = run_bench(cfg, argv=sys.argv, retry_errors=retry_errors, runner=runner)
     rows = read_rows(path)
     errors = sum(1 for r in rows if r.get("error"))
     typer.echo(f"{path}: {len(rows)} rows ({errors} with errors), {time.perf_counter() - started:.1f} s; "
@@ -613,6 +651,12 @@ def judge(
         typer.echo(f"verdicts in {store.path}; next: dgalign report {run_dir}", err=True)
 
 
+def _bare_ray(args: list[str]) -> list[str]:
+    """`--ray` with no ADDRESS after it (last, or an option next) as `--ray local`: typer options always take a value."""
+    bare = [i for i, a in enumerate(args) if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-"))]
+    return [x for i, a in enumerate(args) for x in ((a, "local") if i in bare else (a,))]
+
+
 # click's UsageError (bad options, arguments, values), in whichever click this typer runs on
 _UsageError = typer.BadParameter.__base__
 
@@ -620,7 +664,7 @@ _UsageError = typer.BadParameter.__base__
 def main() -> None:
     """Entry point: bad input — a usage error click finds, or a library error — is one line on stderr, exit 2."""
     try:
-        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+        code = app(args=_bare_ray(sys.argv[1:]) or ["--help"], standalone_mode=False)
     except _UsageError as err:
         where = err.ctx.command_path if err.ctx else "dgalign"
         typer.echo(f"error: {' '.join(err.format_message().split())} (see `{where} --help`)", err=True)
