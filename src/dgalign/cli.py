@@ -240,6 +240,9 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="TrainConfig field, key=value.")] = None,
     raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Skip / force the chat template (default: the suite's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    worker_resources: WorkerResources = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Then upload the checkpoint and a model card to this "
                                                          "Hugging Face Hub repo (ORG/NAME); load it with "
                                                          "--set checkpoint=hf:ORG/NAME.")] = None,
@@ -248,7 +251,12 @@ def train(
     hub_revision: Annotated[str | None, typer.Option(help="Branch --push-to-hub pushes to (created if missing; "
                                                           "default main).")] = None,
 ) -> None:
-    """Train DGA's denoiser correction, value head and proposal for a model and reward (§2.6)."""
+    """Train DGA's denoiser correction, value head and proposal for a model and reward (§2.6).
+
+    With --ray the rollouts run on Ray actors, --set rollout_shards=K shards (default: one per worker);
+    training stays here. The same seed and K give the same checkpoint, on Ray or not (K ≥ 2)."""
+    import functools
+
     from .bench import load_prompts
     from .config import apply_overrides, parse_sets
     from .lm import load_lm
@@ -267,16 +275,24 @@ def train(
     _check_beta(beta)
     _check_seed(seed)
     check_out(out)
+    ray_opts = _ray_options(ray, workers, worker_resources)
     cfg = TrainConfig.tiny() if tiny else TrainConfig()
-    cfg = apply_overrides(cfg, {"beta": str(beta), "seed": str(seed), **parse_sets(set_ or [])})
+    shards = {} if ray_opts is None else {"rollout_shards": str(ray_opts.workers)}
+    cfg = apply_overrides(cfg, {"beta": str(beta), "seed": str(seed), **shards, **parse_sets(set_ or [])})
     rows, suite_raw = load_prompts(prompts)
     rows = rows[skip:skip + n_prompts]
     _check(len(rows) > 0, f"no prompts left in {prompts!r} after --skip {skip}")
     reward_fn = get_reward(reward)
     use_raw = raw if raw is not None else bool(suite_raw)
-    lm = load_lm(model, chat=False if use_raw else None)
+    load = functools.partial(load_lm, model, chat=False if use_raw else None)
+    lm = load()
     batch = Prompts.encode(lm, [r["prompt"] for r in rows], raw=use_raw)
-    nets = train_dga(lm, reward_fn, reward, batch, out, cfg)
+    rollouts = None
+    if ray_opts is not None:
+        from .train.ray_collect import RayCollect
+
+        rollouts = RayCollect(load, reward, ray_opts)
+    nets = train_dga(lm, reward_fn, reward, batch, out, cfg, rollouts=rollouts)
     typer.echo(f"wrote {out}: {nets.meta['tuples']} tuples from {len(rows)} prompts, "
                f"{nets.meta['train_seconds']} s; losses {nets.meta['losses']}")
     if push_to_hub is not None:

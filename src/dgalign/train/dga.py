@@ -13,6 +13,12 @@
    and they are what the twist's softmax ψ_v = β·r_φ(e_v, 0, h) reads.
 3. ψ: L_ψ = ‖δ_ψ(x_t, t, h) − ĝ/β‖² (eq. 9), ĝ the analytic guidance from r_φ's candidate values.
 
+With `rollout_shards` = K > 1 the prompts are cut into K contiguous shards, each rolled out with its
+own generator seeded from (seed, shard index) (`shard_generator`) and the shards' tuples joined in
+shard order (`join_tuples`): the tuples depend on the seed and K only, not on where the shards ran,
+so `dgalign train --ray` (`train.ray_collect`, the shards on Ray actors) and a local run with the same
+seed and K write the same checkpoint. K = 1 is one stream seeded by `seed`, as before shards existed.
+
 Work is saved to `<out>.work/` after every epoch (atomically) so an interrupted run resumes; the
 checkpoint (`DGANets.save`) is written atomically at the end with a loss-curve PNG.
 """
@@ -20,9 +26,11 @@ checkpoint (`DGANets.save`) is written atomically at the end with a loss-curve P
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +53,7 @@ from ..types import LM, Prompts, Reward
 
 # TrainConfig's counts: each must be at least 1
 _COUNTS = ("rollouts", "max_new_tokens", "steps", "width", "epochs_phi", "epochs_psi", "batch_size", "score_k",
-           "rollout_batch")
+           "rollout_batch", "rollout_shards")
 
 
 @dataclass
@@ -65,6 +73,7 @@ class TrainConfig:
     alpha_contrast: float = 10.0  # weight of the candidate-contrast value loss (α_c; 1 left the contrasts shrunk 3x)
     score_k: int = 16  # candidates per position scored on prefix ⊕ v (the token taken + draws ∝ p_θ/2 + 1/2m)
     rollout_batch: int = 16  # prompts per rollout batch
+    rollout_shards: int = 1  # prompt shards, each rolled out from its own seed (`--ray`: one actor call each)
     seed: int = 0  # seeds rollouts, noise and initialisation
 
     def __post_init__(self) -> None:
@@ -157,6 +166,49 @@ def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generato
                    "reward_calls": meter.reward_calls, "lm_forward_tokens": lm.forward_tokens - meter.start_tokens})
 
 
+def shard_generator(seed: int, index: int) -> torch.Generator:
+    """The rollout generator of shard `index`: seeded from (seed, index) by numpy's SeedSequence, so the
+    shards' streams are independent and each is fixed by the pair alone."""
+    import numpy as np
+
+    state = int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device="cpu").manual_seed(state)
+
+
+def shard_prompts(prompts: Prompts, shards: int) -> list[Prompts]:
+    """`prompts` in `shards` contiguous pieces of near-equal size (none empty)."""
+    n = len(prompts)
+    cuts = [k * n // shards for k in range(shards + 1)]
+    return [Prompts(prompts.texts[a:b], prompts.ids[a:b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def join_tuples(parts: list[Tuples]) -> Tuples:
+    """The shards' tuples in shard order; their counts summed, the completions' reward mean and (unbiased)
+    standard deviation pooled from each shard's."""
+    n = [p.meta["completions"] for p in parts]
+    mean = sum(k * p.meta["reward_mean"] for k, p in zip(n, parts, strict=True)) / sum(n)
+    squares = sum((k - 1) * (p.meta["reward_std"] ** 2 if k > 1 else 0.0) + k * p.meta["reward_mean"] ** 2
+                  for k, p in zip(n, parts, strict=True))  # Σ r² over every completion
+    var = (squares - sum(n) * mean**2) / (sum(n) - 1) if sum(n) > 1 else math.nan
+    meta = {"completions": sum(n), "reward_mean": mean, "reward_std": math.sqrt(max(var, 0.0)),
+            **{k: sum(p.meta[k] for p in parts) for k in ("reward_calls", "lm_forward_tokens")}}
+    return Tuples(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                    ("hidden", "cand_ids", "cand_logp", "target", "reward", "cand_reward")), meta)
+
+
+def collect_shard(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, index: int) -> Tuples:
+    """`collect` on one shard, with that shard's generator; the tensors on the CPU (they travel and are joined)."""
+    out = collect(lm, reward, prompts, cfg, shard_generator(cfg.seed, index))
+    return Tuples(*(getattr(out, f).cpu() for f in
+                    ("hidden", "cand_ids", "cand_logp", "target", "reward", "cand_reward")), out.meta)
+
+
+def collect_shards(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig) -> Tuples:
+    """Every shard here, one after another (`train.ray_collect.RayCollect` runs them on Ray actors)."""
+    return join_tuples([collect_shard(lm, reward, shard, cfg, k)
+                        for k, shard in enumerate(shard_prompts(prompts, cfg.rollout_shards))])
+
+
 def _score_picks(logp: torch.Tensor, taken: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Which candidates to score, (n, k'): the taken one first, then draws without replacement from
     p_θ/2 + uniform/2 (likely tokens, and a spread over the tail so the head is not extrapolating there)."""
@@ -246,8 +298,12 @@ def check_out(out: str | Path) -> Path:
     return out
 
 
-def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: str | Path, cfg: TrainConfig) -> DGANets:
-    """Train φ then ψ for (lm, reward) on `prompts`; resumable from `<out>.work/`; returns the nets."""
+def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: str | Path, cfg: TrainConfig, *,
+              rollouts: Callable[[Prompts, TrainConfig], Tuples] | None = None) -> DGANets:
+    """Train φ then ψ for (lm, reward) on `prompts`; resumable from `<out>.work/`; returns the nets.
+
+    `rollouts(prompts, cfg)` collects the tuples elsewhere (`train.ray_collect.RayCollect`: the shards on Ray
+    actors); it must give what `collect_shards` gives here. None: here."""
     out = check_out(out)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -258,7 +314,12 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
     if (work / "tuples.pt").exists():
         tuples = Tuples(**torch.load(work / "tuples.pt", map_location="cpu"))
     else:
-        tuples = collect(lm, reward, prompts, cfg, gen)
+        if rollouts is not None:
+            tuples = rollouts(prompts, cfg)
+        elif cfg.rollout_shards > 1:
+            tuples = collect_shards(lm, reward, prompts, cfg)
+        else:
+            tuples = collect(lm, reward, prompts, cfg, gen)
         _atomic_torch_save(asdict(tuples), work / "tuples.pt")
     emb = lm.embeddings().detach().float().cpu() / embedding_scale(lm)
     abars = alpha_bars(base_betas(cfg.schedule, cfg.steps))
