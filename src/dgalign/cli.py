@@ -29,6 +29,36 @@ app = typer.Typer(
 )
 
 
+# how a model loads: the same flags on every command that loads one (passed to `load_lm`)
+DType = Annotated[str, typer.Option(help="Weights' dtype: auto (float32 on CPU, the checkpoint's own on GPU), "
+                                         "float32, bfloat16, float16.")]
+DeviceMap = Annotated[str | None, typer.Option(help="accelerate device map (auto, balanced, sequential); "
+                                                    "spreads the model over the GPUs, instead of --device.")]
+Revision = Annotated[str | None, typer.Option(help="Hub branch, tag or commit of --model.")]
+TrustRemoteCode = Annotated[bool, typer.Option(help="Run the model repository's own code (hub models that "
+                                                    "need it).")]
+RewardDevice = Annotated[str | None, typer.Option(help="Device of hf: reward models (default: cpu), e.g. the "
+                                                       "second GPU while the LM uses the first.")]
+
+
+def _model_options(dtype: str, device: str | None, device_map: str | None, revision: str | None,
+                   trust_remote_code: bool, reward_device: str | None = None) -> dict:
+    """`load_lm`'s keyword arguments from the shared flags, checked before anything loads; --reward-device is
+    handed to reward models through $DGALIGN_REWARD_DEVICE."""
+    import os
+
+    from .lm import DTYPES, resolve_device
+
+    _check(dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device is not None:
+        resolve_device(device)
+    if reward_device is not None:
+        resolve_device(reward_device)
+        os.environ["DGALIGN_REWARD_DEVICE"] = reward_device
+    return {"dtype": dtype, "device": device, "device_map": device_map, "revision": revision,
+            "trust_remote_code": trust_remote_code}
+
+
 # `--ray [ADDRESS]` and its companions, on `bench` and `train`
 RayAddress = Annotated[str | None, typer.Option(
     "--ray", metavar="[ADDRESS]",
@@ -90,6 +120,11 @@ def generate(
     ] = None,
     raw: Annotated[bool, typer.Option(help="Do not apply the chat template.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: DType = "auto",
+    device_map: DeviceMap = None,
+    revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
+    reward_device: RewardDevice = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer prompts with an aligned sampler and print rewards and cost."""
@@ -109,12 +144,13 @@ def generate(
     _check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     _check_beta(beta)
     _check_seed(seed)
+    loading = _model_options(dtype, device, device_map, revision, trust_remote_code, reward_device)
     sampler, cfg = get_sampler(method)
     cfg = apply_overrides(cfg, {"max_new_tokens": str(max_new_tokens), "num_samples": str(num_samples),
                                 "beta": str(beta), **parse_sets(set_ or [])})
     reward_fn = get_reward(reward)
 
-    lm, load_s = timed(load_lm, model, device=device, chat=False if raw else None)
+    lm, load_s = timed(load_lm, model, chat=False if raw else None, **loading)
     batch = Prompts.encode(lm, prompts, raw=raw)
     longest = max(len(ids) for ids in batch.ids)
     _check(
@@ -250,6 +286,12 @@ def train(
                                                  "--push-to-hub creates it (default: the Hub's).")] = None,
     hub_revision: Annotated[str | None, typer.Option(help="Branch --push-to-hub pushes to (created if missing; "
                                                           "default main).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: DType = "auto",
+    device_map: DeviceMap = None,
+    revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
+    reward_device: RewardDevice = None,
 ) -> None:
     """Train DGA's denoiser correction, value head and proposal for a model and reward (§2.6).
 
@@ -284,7 +326,8 @@ def train(
     _check(len(rows) > 0, f"no prompts left in {prompts!r} after --skip {skip}")
     reward_fn = get_reward(reward)
     use_raw = raw if raw is not None else bool(suite_raw)
-    load = functools.partial(load_lm, model, chat=False if use_raw else None)
+    load = functools.partial(load_lm, model, chat=False if use_raw else None,
+                 **_model_options(dtype, device, device_map, revision, trust_remote_code, reward_device))
     lm = load()
     batch = Prompts.encode(lm, [r["prompt"] for r in rows], raw=use_raw)
     rollouts = None
@@ -355,6 +398,15 @@ def serve(
                                 "shipped names (files a client names).")
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The name clients send as `model` and /v1/models lists (default: the "
+                                      "model's own name).")
+    ] = None,
+    dtype: DType = "auto",
+    device_map: DeviceMap = None,
+    revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
+    reward_device: RewardDevice = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, alignment chosen per request."""
     import uvicorn
@@ -368,15 +420,17 @@ def serve(
                         ("--max-body-bytes", max_body_bytes)]:
         _check(value >= 1, f"{name} must be at least 1, got {value}")
     _check(batch_wait_ms >= 0, f"--batch-wait-ms must be at least 0, got {batch_wait_ms}")
+    _check(served_model_name is None or served_model_name.strip() != "", "--served-model-name must not be empty")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
-    lm = load_lm(model, device=device)
+    lm = load_lm(model, **_model_options(dtype, device, device_map, revision, trust_remote_code, reward_device))
     limits = Limits(max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens_limit, max_n=max_n,
                     max_body_bytes=max_body_bytes, custom_rewards=allow_custom_rewards,
                     checkpoint_paths=allow_checkpoint_paths)
     server = create_app(lm, limits=limits, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                        api_key=api_key)
-    typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
+                        api_key=api_key, served_model_name=served_model_name)
+    name = served_model_name or lm.name
+    typer.echo(f"serving {lm.name} as {name!r} on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
     uvicorn.run(server, host=host, port=port, log_level="warning")
 
 
@@ -394,6 +448,10 @@ def train_dpo(
     seed: Annotated[int, typer.Option(help="Data shuffle / split and LoRA init seed.")] = DPOTrainConfig.seed,
     resume: Annotated[bool, typer.Option(help="Continue the partial run beside --out from its last "
                                               "checkpoint.")] = DPOTrainConfig.resume,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: DType = DPOTrainConfig.dtype,
+    revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other DPOTrainConfig field, key=value (repeatable).")
     ] = None,
@@ -409,7 +467,9 @@ def train_dpo(
     given = {"max_pairs": max_pairs, "epochs": epochs, "lr": lr, "beta": beta, "lora_r": lora_r,
              "max_length": max_length, "seed": seed}
     settings = {k: str(v) for k, v in given.items()} | parse_sets(set_ or [])  # checked by the config's types
-    cfg = apply_overrides(DPOTrainConfig(model=model, pairs=pairs, out=out, resume=resume), settings)
+    loading = _model_options(dtype, device, None, revision, trust_remote_code)
+    del loading["device_map"]  # LoRA training runs on one device
+    cfg = apply_overrides(DPOTrainConfig(model=model, pairs=pairs, out=out, resume=resume, **loading), settings)
     summary = run(cfg)
     if as_json:
         _emit_json(summary)
@@ -528,6 +588,11 @@ def bench(
         BenchConfig.reference_field),
     id_field: Annotated[str, typer.Option(help="Column holding the prompt's id, written to each row as "
                                                "prompt_id (default: an 'id' column if any).")] = BenchConfig.id_field,
+    dtype: DType = BenchConfig.dtype,
+    device_map: DeviceMap = None,
+    revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
+    reward_device: RewardDevice = None,
 ) -> None:
     """Run methods × prompts × seeds over a suite, one JSONL row each (resumable); then `dgalign report`.
 
@@ -547,14 +612,15 @@ def bench(
     for s in seed_list:
         _check_seed(s, "--seeds")
     _check_beta(beta)
+    loading = _model_options(dtype, device, device_map, revision, trust_remote_code, reward_device)
     if data_dir is not None:
         os.environ["DGALIGN_DATA"] = data_dir
     cfg = BenchConfig(
         suite=suite, out=out, methods=[m for m in (methods or "").split(",") if m.strip()], grid=grid or "",
         n_prompts=n_prompts, max_new_tokens=max_new_tokens, seeds=seed_list, model=model, beta=beta,
         reward=reward or "", gold=gold, raw=raw, sets=parse_sets(set_ or []), budget_matched=budget_matched,
-        ppl_model="" if no_ppl else ppl_model, device=device, prompt_field=prompt_field,
-        reference_field=reference_field, id_field=id_field,
+        ppl_model="" if no_ppl else ppl_model, prompt_field=prompt_field, reference_field=reference_field,
+        id_field=id_field, **loading,
     )
     started = time.perf_counter()
     runner = LocalRows
