@@ -77,6 +77,14 @@ def test_toy_bench_on_two_workers_equals_the_local_run(cluster, prompts_file, tm
     assert len(read_rows(rerun)) == len(local)  # complete: resuming adds nothing
 
 
+def test_a_model_the_workers_cannot_load_is_one_error_before_anything_is_written(cluster, prompts_file, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DGAlignError, match="^a Ray worker could not load the run: /.*empty is not a model directory"):
+        run_bench(toy_config(prompts_file, tmp_path / "run", model=str(tmp_path / "empty")), progress=False,
+                  runner=ray_rows(RayOptions(workers=2)))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_tiny_llama_bench_on_two_workers_equals_the_local_run(cluster, tiny_llama, tmp_path):  # noqa: F811
     prompts = tmp_path / "p.txt"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from .errors import DGAlignError
@@ -56,8 +57,18 @@ def connect(opts: RayOptions):
     if not ray.is_initialized():
         local = opts.address in ("", "local")
         ray.init(address="local" if local else opts.address, include_dashboard=False if local else None,
-                 logging_level="WARNING")
-    return ray
+                 logging_level="WARNING", log_to_driver=False)  # the driver shows one bar; failures come back
+    return ray                                                    # as error rows or one line (`cause`)
+
+
+def cause(err: Exception) -> str:
+    """What went wrong in a Ray worker, in one line: the worker's own exception (the last `Type: message` of the
+    traceback Ray's error carries; our own errors by their message alone), else the error's first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [i for i, line in enumerate(lines) if re.match(r"[\w.]+(Error|Exception|Interrupt|Exit): ", line)]
+    if not raised:
+        return lines[0] if lines else type(err).__name__
+    return re.sub(r"^dgalign\.errors\.\w+: ", "", " ".join(lines[raised[-1]:]))
 
 
 def actor_options(opts: RayOptions) -> dict:

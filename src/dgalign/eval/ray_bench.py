@@ -22,7 +22,7 @@ import platform
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from ..cluster import RESTARTS, RayOptions, actor_options, connect
+from ..cluster import RESTARTS, RayOptions, actor_options, cause, connect
 from ..errors import DGAlignError
 from . import harness
 from .harness import Plan, _Method
@@ -58,11 +58,11 @@ class RayRows:
         self.opts, self.plan = opts, plan
         worker = self.ray.remote(BenchWorker).options(**actor_options(opts))
         self.workers = [worker.remote(plan) for _ in range(opts.workers)]
-        try:  # every actor loads before any row runs (and a model that cannot load fails here, once)
-            self.setups = self.ray.get([w.ready.remote() for w in self.workers])
+        try:  # every actor loads before any row runs; a model that cannot load fails here, once (not retried)
+            self.setups = self.ray.get([w.ready.options(max_task_retries=0).remote() for w in self.workers])
         except self.ray.exceptions.RayError as err:
             self.close()
-            raise DGAlignError(f"a Ray worker could not load the run: {_cause(err)}") from None
+            raise DGAlignError(f"a Ray worker could not load the run: {cause(err)}") from None
 
     def setup(self) -> dict:
         """What the invocation records: the first actor's "setup", and under "ray" the cluster and every actor's."""
@@ -93,7 +93,7 @@ class RayRows:
                 row = self.ray.get(ref)
             except self.ray.exceptions.RayActorError as err:  # restarted RESTARTS times, then lost for good
                 row = {**harness.row_head(self.plan.name, method, i, self.plan.prompts[i], seed),
-                       "error": f"RayActorError: its Ray worker died for good ({_cause(err)})"}
+                       "error": f"RayActorError: its Ray worker died for good ({cause(err)})"}
                 if w in live:
                     live.remove(w)
                 if not live:
@@ -112,7 +112,3 @@ def ray_rows(opts: RayOptions) -> Callable[[Plan], RayRows]:
     """The runner `harness.run_bench(cfg, runner=...)` takes for the rows to run on Ray."""
     return functools.partial(RayRows, opts)
 
-
-def _cause(err: Exception) -> str:
-    """Ray's error text, first line (it carries the worker's traceback below)."""
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

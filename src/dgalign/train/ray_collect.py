@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from ..cluster import RayOptions, actor_options, connect
+from ..cluster import RayOptions, actor_options, cause, connect
 from ..errors import DGAlignError
 from ..types import LM, Prompts
 from .dga import TrainConfig, Tuples, collect_shard, join_tuples, shard_prompts
@@ -30,6 +30,9 @@ class Collector:
         from ..rewards import get_reward
 
         self.lm, self.reward = load(), get_reward(reward)
+
+    def ready(self) -> None:
+        pass
 
     def collect(self, prompts: Prompts, cfg: TrainConfig, index: int) -> Tuples:
         return collect_shard(self.lm, self.reward, prompts, cfg, index)
@@ -49,15 +52,15 @@ class RayCollect:
         shards = shard_prompts(prompts, cfg.rollout_shards)
         collector = ray.remote(Collector).options(**actor_options(self.opts))
         workers = [collector.remote(self.load, self.reward) for _ in range(min(self.opts.workers, len(shards)))]
-        try:
+        try:  # a model that cannot load fails here, once (not retried)
+            ray.get([w.ready.options(max_task_retries=0).remote() for w in workers])
             refs = [workers[k % len(workers)].collect.remote(shard, cfg, k) for k, shard in enumerate(shards)]
             waiting = list(refs)
             for _ in tqdm(range(len(refs)), desc="rollouts (ray)", unit="shard"):
                 _, waiting = ray.wait(waiting, num_returns=1)
             return join_tuples(ray.get(refs))
         except ray.exceptions.RayError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DGAlignError(f"the Ray rollouts failed: {first}") from None
+            raise DGAlignError(f"the Ray rollouts failed: {cause(err)}") from None
         finally:
             for w in workers:
                 ray.kill(w)
