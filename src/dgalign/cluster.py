@@ -56,9 +56,13 @@ def connect(opts: RayOptions):
     ray = import_ray()
     if not ray.is_initialized():
         local = opts.address in ("", "local")
-        ray.init(address="local" if local else opts.address, include_dashboard=False if local else None,
-                 logging_level="WARNING", log_to_driver=False)  # the driver shows one bar; failures come back
-    return ray                                                    # as error rows or one line (`cause`)
+        try:  # log_to_driver off: the driver shows one bar; failures come back as error rows or one line (`cause`)
+            ray.init(address="local" if local else opts.address, include_dashboard=False if local else None,
+                     logging_level="WARNING", log_to_driver=False)
+        except ConnectionError as err:
+            raise DGAlignError(f"--ray {opts.address}: no Ray cluster there ({err}); start one with `ray start "
+                               "--head`, or give --ray alone to start one for this run") from None
+    return ray
 
 
 def cause(err: Exception) -> str:
