@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -502,6 +503,15 @@ def warm_up(ctx: RunContext, prompt: dict, load_s: float) -> dict[str, float]:
     return prepare(ctx.lm, ctx.proxy, *ctx.gold.values(), prompts=batch, load_s=load_s)
 
 
+class Rows(Protocol):
+    """Where a run's rows run (`run_bench(..., runner=)` builds one from the plan, loading what the rows need)."""
+
+    def setup(self) -> dict: ...  # what the invocation records of the setup: "setup" (`warm_up`'s timings), ...
+    def calibrate(self, methods: list[_Method], multiple: float, known: dict) -> dict: ...  # `calibrate`'s answer
+    def run(self, grid: list[tuple[int, _Method, int]]) -> Iterator[dict]: ...  # every row, as it finishes
+    def close(self) -> None: ...
+
+
 class LocalRows:
     """Rows run in this process, one after another."""
 
@@ -525,7 +535,7 @@ class LocalRows:
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None = None,
-              retry_errors: bool = False, runner: Callable[[Plan], LocalRows] = LocalRows) -> Path:
+              retry_errors: bool = False, runner: Callable[[Plan], Rows] = LocalRows) -> Path:
     """Run (or resume) the grid; returns the rows file. `runner(plan)` loads what the rows need and runs them:
     `LocalRows` here, `ray_bench.ray_rows(opts)` on Ray actors."""
     from tqdm import tqdm

@@ -51,7 +51,7 @@ class BenchWorker:
 
 
 class RayRows:
-    """Rows run on `opts.workers` Ray actors (the runner `harness.run_bench` takes; see `harness.LocalRows`)."""
+    """Rows run on `opts.workers` Ray actors (a `harness.Rows`, as `harness.LocalRows` is)."""
 
     def __init__(self, opts: RayOptions, plan: Plan):
         self.ray = connect(opts)
