@@ -95,25 +95,6 @@ def test_dga_with_a_checkpoint_follows_the_data_device(meta_default, toy_checkpo
     _run(ToyLM(), toy_reward, ["a", "b"], name, {**sets, "checkpoint": toy_checkpoint})
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A tiny random LlamaForCausalLM with the embedded model's tokenizer, saved as a model directory."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from dgalign.lm.embedded import converted_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(converted_dir("smollm2-135m-instruct"))
-    root = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return str(root)
-
-
 @pytest.mark.parametrize(("name", "sets"), CASES[:len(SAMPLERS)] + [("dga", {"particles": 4})],
                          ids=[f"{n}{s or ''}" for n, s in CASES[:len(SAMPLERS)] + [("dga", {"particles": 4})]])
 def test_samplers_follow_the_data_device_on_a_hf_model(meta_default, tiny_llama, name, sets):

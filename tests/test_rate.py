@@ -192,23 +192,9 @@ def test_a_judge_that_always_prefers_position_a_gives_only_ties(run):
 
 
 @pytest.fixture(scope="module")
-def tiny_judge(tmp_path_factory):
-    """A tiny random Llama with the embedded tokenizer (offline): reads text, judges at random but consistently."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from dgalign.lm.embedded import converted_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(converted_dir("smollm2-135m-instruct"))
-    root = tmp_path_factory.mktemp("tiny-judge")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return str(root)
+def tiny_judge(tiny_llama):
+    """The tiny random Llama (conftest): reads text, judges at random but consistently."""
+    return tiny_llama
 
 
 def test_judge_cli_on_the_committed_run_prints_a_verdict_table_and_feeds_the_report(run, tiny_judge):

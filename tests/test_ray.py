@@ -18,7 +18,6 @@ from dgalign.eval.harness import BenchConfig, read_rows, run_bench
 from dgalign.eval.ray_bench import ray_rows
 from dgalign.train.dga import TrainConfig, Tuples, join_tuples, shard_generator, shard_prompts
 from dgalign.types import Prompts
-from test_devices import tiny_llama  # noqa: F401  (the fixture)
 
 TOY_REWARD = "dgalign.eval.exact:toy_reward"
 TIMING = {"cost", "extras"}  # what differs between two runs of a row: wall time, memory, CPU seconds
@@ -86,7 +85,7 @@ def test_a_model_the_workers_cannot_load_is_one_error_before_anything_is_written
 
 
 @pytest.mark.slow
-def test_tiny_llama_bench_on_two_workers_equals_the_local_run(cluster, tiny_llama, tmp_path):  # noqa: F811
+def test_tiny_llama_bench_on_two_workers_equals_the_local_run(cluster, tiny_llama, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("Hello there\nThe sky is\nOnce upon a time\n")
     cfg = dict(suite=str(prompts), methods=["base", "bon:n=2", "dga:top_m=16:steps=3"], n_prompts=3,
