@@ -38,3 +38,11 @@ def tiny_llama(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return str(root)
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    """Four toy prompts, one a line (the bench tests' suite file)."""
+    path = tmp_path / "toy-prompts.txt"
+    path.write_text("ab\nba\nc\nabc\n")
+    return path

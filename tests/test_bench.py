@@ -103,13 +103,6 @@ def test_perplexity_under_the_base_matches_its_logprob(toy):
 
 
 # -- the harness on the toy LM --------------------------------------------------------------------
-@pytest.fixture
-def prompts_file(tmp_path):
-    path = tmp_path / "toy-prompts.txt"
-    path.write_text("ab\nba\nc\nabc\n")
-    return path
-
-
 def toy_config(prompts_file, out, **kw):
     settings = dict(suite=str(prompts_file), out=str(out), methods=["base", "bon:n=3", "dga"], n_prompts=3,
                     max_new_tokens=3, seeds=[0, 1], model="toy", reward=TOY_REWARD, ppl_model="")

@@ -18,8 +18,8 @@ from dgalign.eval.harness import BenchConfig, read_rows, run_bench
 from dgalign.eval.ray_bench import ray_rows
 from dgalign.train.dga import TrainConfig, Tuples, join_tuples, shard_generator, shard_prompts
 from dgalign.types import Prompts
+from test_bench import TOY_REWARD, _key, toy_config
 
-TOY_REWARD = "dgalign.eval.exact:toy_reward"
 TIMING = {"cost", "extras"}  # what differs between two runs of a row: wall time, memory, CPU seconds
 
 
@@ -35,23 +35,6 @@ def cluster():
     ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-@pytest.fixture
-def prompts_file(tmp_path):
-    path = tmp_path / "toy-prompts.txt"
-    path.write_text("ab\nba\nc\nabc\n")
-    return path
-
-
-def toy_config(prompts_file, out, **kw):
-    settings = dict(suite=str(prompts_file), out=str(out), methods=["base", "bon:n=3", "dga"], n_prompts=3,
-                    max_new_tokens=3, seeds=[0, 1], model="toy", reward=TOY_REWARD, ppl_model="")
-    return BenchConfig(**{**settings, **kw})
-
-
-def _key(r):
-    return (r["prompt_index"], r["method"], r["seed"])
 
 
 def _same_rows(a: list[dict], b: list[dict]) -> None:

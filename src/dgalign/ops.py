@@ -44,11 +44,12 @@ def sample_logprobs(logprobs: torch.Tensor, generator: torch.Generator | None = 
     return inverse_cdf(logprobs, rand((logprobs.shape[0],), logprobs, generator))
 
 
-def rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """U[0, 1) draws of `shape` on `like`'s device and dtype, drawn on the generator's own device (a CPU
-    generator seeds GPU work the same way as a GPU one would; the draws are moved, not re-seeded)."""
+def rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None,
+         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """U[0, 1) draws of `shape` on `like`'s device, in `dtype` (default `like`'s), drawn on the generator's own
+    device (a CPU generator seeds GPU work the same way as a GPU one would; the draws are moved, not re-seeded)."""
     device = generator.device if generator is not None else like.device
-    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype or like.dtype).to(like.device)
 
 
 def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import math
 import torch
 
 from .errors import DGAlignError
+from .ops import rand
 
 RESAMPLING = ("systematic", "multinomial")
 
@@ -34,9 +35,8 @@ def ess(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """U[0, 1) float64 draws of `shape` on `like`'s device, made on the generator's own device."""
-    device = generator.device if generator is not None else like.device
-    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64).to(like.device)
+    """U[0, 1) float64 draws of `shape` on `like`'s device, made on the generator's own device (`ops.rand`)."""
+    return rand(shape, like, generator, torch.float64)
 
 
 def resample(
