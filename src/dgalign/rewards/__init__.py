@@ -4,7 +4,8 @@ Every reward is a batched callable `(prompts, completions) -> Tensor (B,)` float
 A table entry names its factory as "module:attr", imported only when the reward is asked for.
 """
 
-from dgalign.rewards.spec import WeightedSum, describe_rewards, get_reward
+from dgalign.rewards.spec import WeightedSum, describe_rewards, get_reward, reads_references, reward_names
 from dgalign.rewards.table import REWARDS, RewardInfo
 
-__all__ = ["REWARDS", "RewardInfo", "WeightedSum", "describe_rewards", "get_reward"]
+__all__ = ["REWARDS", "RewardInfo", "WeightedSum", "describe_rewards", "get_reward", "reads_references",
+           "reward_names"]

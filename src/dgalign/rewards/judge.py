@@ -30,11 +30,11 @@ DEFAULT_JUDGE = DEFAULT_MODEL  # see the module docstring for why not the larger
 
 
 @functools.cache
-def _load(model: str):
-    """The judge LM (chat template on) and the token ids of YES and NO."""
+def load_judge(model: str, chat: bool = True):
+    """The judge LM (chat template on unless `chat` is False) and the token ids of YES and NO."""
     from dgalign.lm import load_lm
 
-    lm = load_lm(model, chat=True)
+    lm = load_lm(model, chat=chat)
     ids = []
     for word in (YES, NO):
         token = lm.encode([word], raw=True)[0][-1]  # last: a tokenizer may put BOS first
@@ -53,7 +53,7 @@ class Judge:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
-        lm, (yes, no) = _load(self.model)
+        lm, (yes, no) = load_judge(self.model)
         texts = [JUDGE_TEMPLATE.format(prompt=p.strip(), completion=c.strip()) for p, c in zip(prompts, completions, strict=True)]
         ids = lm.encode(texts)  # one user turn each, with the generation prompt: the next token is the verdict
         scores = []

@@ -9,9 +9,10 @@ r(c, y) = head(φ(c, y)), where φ is frozen and one of (`get_features`):
 The head (linear or a one-hidden-layer MLP) first standardises φ with statistics of its training
 features. `dgalign train-rm` trains one (dgalign.train.reward_model) and saves it as a directory
 `model.safetensors` + `config.json`; the reward spec `learned(path=DIR)` scores with it. The
-built-in `harmless` reward is one trained on the HH-RLHF harmless pairs into the cache dir. A reward
-only loads: without its trained model it raises a `DGAlignError` naming the `dgalign train-rm`
-command that makes it.
+built-in `harmless` and `truthfulness-rm` rewards are ones trained into the cache dir on the
+training split of a suite (`--pairs hh-harmless:train`, `--pairs truthfulqa:train`: pairs from
+rows the suite never evaluates on). A reward only loads: without its trained model it raises a
+`DGAlignError` naming the `dgalign train-rm` command that makes it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dgalign.data import HH_ASSISTANT, HH_HUMAN, data_dir, read_pair_rows, split_transcripts
+from dgalign.data import HH_ASSISTANT, HH_HUMAN, read_pair_rows, split_transcripts
 from dgalign.errors import DGAlignError, Unavailable
 
 WEIGHTS = "model.safetensors"  # head weights and the feature standardisation buffers
@@ -55,13 +56,18 @@ class Pairs:
 
 
 def read_pairs(path: Path) -> Pairs:
-    """Pairs from a JSONL file (gzipped if it ends in .gz), one {"prompt"?, "chosen", "rejected"} per line.
+    """Pairs from a JSONL file (gzipped if it ends in .gz), one {"prompt"?, "chosen", "rejected"} per line."""
+    return pairs_from_rows(read_pair_rows(path))
+
+
+def pairs_from_rows(rows: list[dict]) -> Pairs:
+    """Pairs from rows {"prompt"?, "chosen", "rejected"}.
 
     Without a "prompt", chosen and rejected are HH-RLHF transcripts ("\\n\\nHuman: … \\n\\nAssistant: …"):
     the prompt is their shared prefix up to its last "\\n\\nAssistant:", and the answers are what follows it.
     """
     prompts, chosen, rejected = [], [], []
-    for row in read_pair_rows(path):
+    for row in rows:
         if "prompt" in row:
             p, c, r = row["prompt"], row["chosen"], row["rejected"]
         else:
@@ -227,24 +233,36 @@ class LearnedReward:
         return head(features(prompts, completions)).float()
 
 
-# the `harmless` reward model is trained on these HH-RLHF harmless-base pairs (config: train.reward_model.HARMLESS)
-HARMLESS_DATA = "hh_harmless.jsonl.gz"
+class SuiteRM(LearnedReward):
+    """A reward model trained on a suite's training pairs only (`dgalign train-rm --pairs SUITE:train`), read from
+    <dgalign cache dir>/rewards/<name>; one trained on anything else is refused, naming the command."""
 
-
-def harmless_dir() -> Path:
-    """Where the built-in `harmless` model is cached: <dgalign cache dir>/rewards/harmless."""
-    from dgalign.lm.embedded import cache_dir
-
-    return cache_dir() / "rewards" / "harmless"
-
-
-class Harmless(LearnedReward):
-    """Bradley-Terry reward model of HH-RLHF harmlessness preferences, read from the cache dir."""
+    name: str  # the reward's name, and its directory under the cache dir
+    pairs: str  # the named pair set it is trained on
 
     def __init__(self):
-        super().__init__(harmless_dir())
+        from dgalign.lm.embedded import cache_dir
+
+        super().__init__(cache_dir() / "rewards" / self.name)
+        trained_on = json.loads((self.path / CONFIG).read_text()).get("data")
+        if trained_on != self.pairs:
+            raise Unavailable(f"{self.path} was trained on {trained_on}, not on {self.pairs} (the suite's training "
+                              f"split only); delete it and run `{self.train_command()}`")
 
     def train_command(self) -> str:
-        # train-rm's defaults are the harmless config (train.reward_model.HARMLESS == RMConfig()); a few minutes
-        pairs = data_dir() / HARMLESS_DATA
-        return shlex.join(["dgalign", "train-rm", "--pairs", str(pairs), "--out", str(self.path)])
+        # train-rm's defaults are the config these are trained with (train.rm_config.HARMLESS == RMConfig())
+        return shlex.join(["dgalign", "train-rm", "--pairs", self.pairs, "--out", str(self.path)])
+
+
+class Harmless(SuiteRM):
+    """Bradley-Terry reward model of HH-RLHF harmlessness preferences, on the hh-harmless suite's training pairs
+    (those whose first human turn is not one of the suite's held-out evaluation prompts); a few minutes to train."""
+
+    name, pairs = "harmless", "hh-harmless:train"
+
+
+class TruthfulnessRM(SuiteRM):
+    """Bradley-Terry reward model of TruthfulQA's correct over incorrect answers, on the truthfulqa suite's training
+    questions only; it scores (question, answer) and reads no reference answer."""
+
+    name, pairs = "truthfulness-rm", "truthfulqa:train"

@@ -183,10 +183,24 @@ def get_reward(spec: str) -> WeightedSum:
 
 
 def describe_rewards() -> list[dict]:
-    """Name, range and description of every `REWARDS` entry (for `dgalign rewards --json`)."""
+    """Name, range, description and whether it reads the answer key, of every `REWARDS` entry (`dgalign rewards
+    --json`)."""
     return [
-        {"name": name, "range": info.range, "description": info.description} for name, info in REWARDS.items()
+        {"name": name, "range": info.range, "description": info.description,
+         "reads_references": info.reads_references} for name, info in REWARDS.items()
     ]
+
+
+def reward_names(spec: str) -> list[str]:
+    """The `REWARDS` entries a spec's terms name, read from its text without building them ("toxicity:1,
+    persona(description='x')" -> ["toxicity", "persona"]); MODULE:ATTR and hf: terms name none."""
+    sources = (re.split(r"[(:@]", term.strip(), maxsplit=1)[0].strip() for term in _TERM_SEP.split(spec))
+    return [s for s in sources if s in REWARDS]
+
+
+def reads_references(spec: str) -> bool:
+    """Whether any term of a spec reads the prompt's reference answers (the answer key): a gold, never a guide."""
+    return any(REWARDS[name].reads_references for name in reward_names(spec))
 
 
 def _term(text: str) -> tuple[str, float, Reward]:

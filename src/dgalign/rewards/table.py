@@ -10,6 +10,10 @@ class RewardInfo:
     factory: str  # "module:attr" of the reward class, imported lazily and called with the spec's parameters
     range: str  # the values it returns, e.g. "[-1, 0]"
     description: str  # one line for `dgalign rewards`
+    # True: it reads the prompt's answer key (reference answers): a gold, never a suite's guide
+    reads_references: bool = False
+    # a name for 1 − mean, which the report shows beside the mean (HarmBench's attack success rate)
+    complement: str = ""
 
 
 REWARDS = {
@@ -51,8 +55,15 @@ REWARDS = {
     "harmless": RewardInfo(
         "dgalign.rewards.learned:Harmless",
         "(-inf, inf)",
-        "Bradley-Terry reward model of HH-RLHF harmlessness (MLP on MiniLM features); "
-        "made once by `dgalign train-rm` (its error without one names the command)",
+        "Bradley-Terry reward model of HH-RLHF harmlessness (MLP on MiniLM features), trained on the "
+        "hh-harmless suite's training pairs only; made once by `dgalign train-rm` (its error without one names "
+        "the command)",
+    ),
+    "truthfulness-rm": RewardInfo(
+        "dgalign.rewards.learned:TruthfulnessRM",
+        "(-inf, inf)",
+        "Bradley-Terry reward model of TruthfulQA correct vs incorrect answers (MLP on MiniLM features), trained "
+        "on the truthfulqa suite's training questions only; reads no answer key at scoring time",
     ),
     "learned": RewardInfo(
         "dgalign.rewards.learned:LearnedReward",
@@ -69,7 +80,21 @@ REWARDS = {
         "dgalign.rewards.truthfulness:Truthfulness",
         "[-2, 2]",
         "TruthfulQA: MiniLM cosine to the nearest correct reference minus to the nearest incorrect one; "
-        "the prompt must be a question of the CSV (truthfulness(data=PATH) for your own)",
+        "the prompt must be a question of the CSV (truthfulness(data=PATH) for your own); reads the answer key",
+        reads_references=True,
+    ),
+    "refusal": RewardInfo(
+        "dgalign.rewards.harmbench:Refusal",
+        "{0, 1}",
+        "1 if the completion contains one of AdvBench's refusal prefixes (HarmBench's list), else 0",
+        complement="ASR (refusal prefixes)",
+    ),
+    "harmbench-judge": RewardInfo(
+        "dgalign.rewards.harmbench:HarmBenchJudge",
+        "{0, 1}",
+        "1 - HarmBench's classifier verdict (its prompt, on a local LM: log P(Yes) vs log P(No)); "
+        "harmbench-judge(model=..., raw=true) for cais/HarmBench-Llama-2-13b-cls",
+        complement="ASR (HarmBench classifier)",
     ),
     "formality": RewardInfo(
         "dgalign.rewards.style:Formality",

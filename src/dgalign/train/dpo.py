@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import HH_ASSISTANT, HH_HUMAN, read_pair_rows, split_transcripts
+from ..data import HH_ASSISTANT, HH_HUMAN, split_transcripts
 from ..errors import DGAlignError
+from .pairs import pair_rows, pairs_name
 
 INSTALL = "pip install 'dgalign[dpo]'"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -38,7 +39,7 @@ _ROLE = {"Human": "user", "Assistant": "assistant"}
 @dataclass
 class DPOTrainConfig:
     model: str  # base model: built-in name, HF id or local directory
-    pairs: str  # preference pairs, JSONL or JSONL.gz
+    pairs: str  # preference pairs, JSONL or JSONL.gz, or a suite's training split by name (hh-harmless:train)
     out: str  # adapter directory, written when training ends
     max_pairs: int = 200  # training pairs (CPU-sized)
     eval_pairs: int = 50  # held-out pairs for the chosen-vs-rejected margin before / after
@@ -168,7 +169,7 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
     from ..lm import load_lm
     from ..lm.hf import HFLM
 
-    out, pairs = Path(cfg.out).expanduser(), Path(cfg.pairs).expanduser()
+    out = Path(cfg.out).expanduser()
     work = out.with_name(f".{out.name}.partial")
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"}
     if out.exists():
@@ -185,7 +186,7 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
         if changed:
             raise DGAlignError(f"--resume with different settings than the partial run: {', '.join(changed)}")
 
-    rows = read_pair_rows(pairs)  # before the model loads: a bad file fails fast
+    rows = pair_rows(cfg.pairs)  # before the model loads: a bad file fails fast
     lm = load_lm(cfg.model, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
                  trust_remote_code=cfg.trust_remote_code)
     if not isinstance(lm, HFLM):
@@ -235,7 +236,7 @@ def train_dpo(cfg: DPOTrainConfig, *, callbacks: list | None = None) -> dict:
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     summary = {
         "model": cfg.model,
-        "data": {"pairs": str(pairs), "train_pairs": len(train), "eval_pairs": len(held_out), "skipped": skipped},
+        "data": {"pairs": pairs_name(cfg.pairs), "train_pairs": len(train), "eval_pairs": len(held_out), "skipped": skipped},
         "hyperparameters": settings,
         "train_seconds": round(seconds, 2),
         "resumed_from": None if checkpoint is None else Path(checkpoint).name,

@@ -12,7 +12,8 @@ reported and saved with the model.
 
 Pairs are JSONL, optionally gzipped, one {"chosen": ..., "rejected": ...} per line, with an
 optional "prompt"; without one, HH-RLHF transcripts split at their last shared "Assistant:" turn
-(`dgalign.rewards.learned.read_pairs`, re-exported here with `Pairs`).
+(`dgalign.rewards.learned.pairs_from_rows`) — or a suite's training split by name, `hh-harmless:train`,
+`truthfulqa:train` (`dgalign.train.pairs`).
 """
 
 from __future__ import annotations
@@ -32,17 +33,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dgalign.errors import DGAlignError
-from dgalign.rewards.learned import LearnedReward, Pairs, RewardHead, get_features, read_pairs, save_rm
+from dgalign.rewards.learned import LearnedReward, Pairs, RewardHead, get_features, pairs_from_rows, save_rm
+from dgalign.train.pairs import pair_rows, pairs_digest, pairs_name
 from dgalign.train.rm_config import HARMLESS, RMConfig  # noqa: F401  (re-exported)
 from dgalign.types import Reward
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split_indices(n: int, cfg: RMConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,13 +156,18 @@ def _fit_head(train_w, train_l, val_w, val_l, cfg: RMConfig, progress: bool) -> 
     }
 
 
-def train_and_save(pairs_path: Path, cfg: RMConfig, out: Path, *, progress: bool = True) -> dict:
-    """Train a reward model on a pairs file and save it to `out` atomically; returns its config."""
-    pairs_path, out = Path(pairs_path), Path(out).expanduser()
+def read_pairs(spec: str | Path) -> Pairs:
+    """The pairs of a pairs file or of a suite's named training set (`dgalign.train.pairs`)."""
+    return pairs_from_rows(pair_rows(str(spec)))
+
+
+def train_and_save(pairs_spec: str | Path, cfg: RMConfig, out: Path, *, progress: bool = True) -> dict:
+    """Train a reward model on a pairs file or named set and save it to `out` atomically; returns its config."""
+    pairs_spec, out = str(pairs_spec), Path(out).expanduser()
     if out.exists():
         raise DGAlignError(f"{out} already exists; choose another --out or delete it")
     start = time.perf_counter()
-    pairs = read_pairs(pairs_path)
+    pairs = read_pairs(pairs_spec)
     train_idx, val_idx = split_indices(len(pairs), cfg)
     features = get_features(cfg.features)
     used = pairs.subset(torch.cat([train_idx, val_idx]))
@@ -182,8 +181,8 @@ def train_and_save(pairs_path: Path, cfg: RMConfig, out: Path, *, progress: bool
         "dim": x.shape[1],
         "hidden": cfg.hidden,
         "dropout": cfg.dropout,
-        "data": str(pairs_path.resolve()),
-        "data_sha256": file_sha256(pairs_path),
+        "data": pairs_name(pairs_spec),
+        "data_sha256": pairs_digest(pairs_spec),
         "pairs_in_file": len(pairs),
         "split": {
             "seed": cfg.seed,
@@ -222,12 +221,12 @@ def pair_accuracy(reward: Reward, pairs: Pairs, *, batch_size: int = 256, progre
     return {"accuracy": wins / len(pairs), "n": len(pairs)}
 
 
-def held_out(reward: Reward, pairs_path: Path) -> torch.Tensor:
-    """The validation rows of the pairs file that the learned reward model `reward` was not trained on."""
+def held_out(reward: Reward, pairs_spec: str | Path) -> torch.Tensor:
+    """The validation rows of the pairs (file or named set) that the learned reward model `reward` was not trained on."""
     if not isinstance(reward, LearnedReward):
         raise DGAlignError("--split val needs one learned reward model (harmless or learned(path=DIR)); use --split all")
     meta = reward.model[2]
-    if meta["data_sha256"] != file_sha256(pairs_path):
-        raise DGAlignError(f"{pairs_path} is not the file the reward model was trained on ({meta['data']})")
+    if meta["data_sha256"] != pairs_digest(str(pairs_spec)):
+        raise DGAlignError(f"{pairs_spec} is not the data the reward model was trained on ({meta['data']})")
     return torch.tensor(meta["split"]["val_rows"], dtype=torch.long)
 

@@ -22,7 +22,9 @@ class RMConfig:
     seed: int = 0  # subset, split, initialisation, dropout and batch order
 
 
-# The built-in `harmless` reward: the defaults on all 1542 HH-RLHF harmless pairs, 10% held out.
+# The built-in `harmless` and `truthfulness-rm` rewards: the defaults on a suite's training pairs, 10% of them held
+# out for early stopping (`harmless`: the 1431 HH-RLHF harmless pairs whose first turn is no hh-harmless evaluation
+# prompt; `truthfulness-rm`: 4594 true-over-false answer pairs of the 307 truthfulqa training questions).
 # MiniLM rather than LM features: on 300 of the pairs (10 random 240/60 splits) an MLP head on
 # minilm reaches 0.655 validation accuracy against 0.60-0.625 on lm:smollm2-135m-instruct, whose
 # features cost ~15x more (all pairs would take ~40 min on 2 CPU cores, minilm ~6 min).
