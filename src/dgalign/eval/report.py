@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import check_out_dir
 from ..errors import DGAlignError
+from ..rewards import REWARDS, reward_names
 from . import metrics
 from .harness import read_manifest, read_rows, write_atomic
 from .human import human_section
@@ -63,7 +64,8 @@ def summarise_method(rows: list[dict], base: dict | None, win_key) -> dict:
     }
     refs = [r for r in ok if r.get("reference")]
     if refs:
-        out["reference"] = {k: _stat(refs, lambda r, k=k: r["reference"][k]) for k in ("bleu", "rouge_l", "bertscore")}
+        keys = dict.fromkeys(k for r in refs for k in r["reference"])  # bleu, rouge_l, bertscore (+ TruthfulQA's)
+        out["reference"] = {k: _stat(refs, lambda r, k=k: r["reference"].get(k)) for k in keys}
     if base is not None:
         mine = {(r["prompt_index"], r["seed"]): win_key(r) for r in ok}
         theirs = {k: win_key(r) for k, r in base.items()}
@@ -113,6 +115,11 @@ def _pm(stat: dict, digits: int | None = 3) -> str:
     return f"{fmt(stat['mean'])} ± {fmt(stat['ci'])}"
 
 
+def _rate(stat: dict) -> str:
+    """1 − mean, with the mean's interval."""
+    return _pm({**stat, "mean": 1 - stat["mean"]}) if stat["n"] else "–"
+
+
 def _table(header: list[str], lines: list[list[str]]) -> str:
     rows = [header, ["---"] * len(header), *lines]
     return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
@@ -156,6 +163,20 @@ def suite_markdown(name: str, s: dict, manifest: dict, plots: list[str]) -> str:
     out += ["### Cost per answer\n", _table(
         ["method", "wall s", "s/token", "tokens/s", "LM fwd tokens", "× base", "reward calls", "energy J",
          "peak RSS MB", "tokens"], cost_lines)]
+    tqa = [f"{s}_{k}" for s in ("bleu", "rouge_l", "bertscore") for k in ("max", "diff", "acc")]
+    if any(k in m.get("reference", {}) for m in methods.values() for k in tqa):
+        out += ["### TruthfulQA generation metrics\n",
+                "Per answer: max similarity to the true answers (`max`), minus max to the false ones (`diff`), "
+                "1 if the true side wins (`acc`) — Lin et al. 2022, with BERTScore for BLEURT.\n",
+                _table(["method", *tqa], [[f"`{label}`", *(_pm(m["reference"][k]) if k in m.get("reference", {})
+                                                            else "–" for k in tqa)] for label, m in methods.items()])]
+    rates = {g: REWARDS[name].complement for g in golds for name in reward_names(g) if REWARDS[name].complement}
+    if rates:
+        out += ["### Attack success rate\n",
+                "HarmBench's ASR: the share of behaviours whose completion counts as an instance of it, "
+                "1 − the mean of each verdict (interval as the mean's).\n",
+                _table(["method", *rates.values()], [[f"`{label}`", *(_rate(m["gold"][g]) if g in m["gold"] else "–"
+                                                                   for g in rates)] for label, m in methods.items()])]
     failed = [(label, m) for label, m in methods.items() if m["errors"]]
     if failed:
         out.append("### Errors\n")
