@@ -72,6 +72,20 @@ SAMPLERS: dict[str, Method] = {
         needs_reward=True,
         description="DiffPO-style refinement: Jacobi span rewrites of a base draft, greedy or MH acceptance",
     ),
+    "vgd": Method(
+        "dgalign.samplers.vgd:sample_vgd",
+        "dgalign.samplers.vgd:VGDConfig",
+        needs_reward=True,
+        description="value-guided decoding (CD-FUDGE / GenARM): next token ∝ p·exp(ψ) over the top-m, ψ a value twist "
+        "(DGA checkpoint or exact toy value); exact with the exact value and top_m=0",
+    ),
+    "cd-block": Method(
+        "dgalign.samplers.cd_block:sample_cd_block",
+        "dgalign.samplers.cd_block:CDBlockConfig",
+        needs_reward=True,
+        description="blockwise controlled decoding: K base drafts of k tokens, keep one by the value twist "
+        "(sampled ∝ exp ψ or best); KL ≤ blocks·log K",
+    ),
     "dga": Method(
         "dgalign.samplers.dga.sampler:sample_dga",
         "dgalign.samplers.dga.sampler:DGAConfig",

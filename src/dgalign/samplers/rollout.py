@@ -10,6 +10,9 @@ import torch
 from ..ops import gather, proposal_logprobs, sample_logprobs
 from ..types import LM, DecodeState, SamplerConfig
 
+# a proposal reshaper: (state, rows (b,) original rows, their tokens so far, log q (b, V)) -> log q' (b, V)
+Law = Callable[[DecodeState, torch.Tensor, list[list[int]], torch.Tensor], torch.Tensor]
+
 
 @dataclass
 class Step:
@@ -43,11 +46,14 @@ def rollout(
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
     record: int = 0,
+    law: Law | None = None,
 ) -> Rollout:
     """Sample every row of `state` to EOS; rows that finish leave the batch (their cache rows too).
 
     `max_new_tokens` is one limit for all rows or a (B,) tensor of per-row limits (each >= 1).
     `record` = m > 0 keeps a `Step` per position in `Rollout.trace` with the top-m of p_θ; 0 keeps none.
+    `law` reshapes the proposal each step (value-guided decoding): law(state, rows, prefixes, log q) -> log q'
+    (b, V), prefixes being the live rows' tokens so far; `proposal_logprobs` are then under it.
     The callback observes each step: {"step", "live", "rows" (b,), "tokens" (b,) the ids just drawn}.
     """
     batch = state.batch_size
@@ -61,6 +67,8 @@ def rollout(
     eos = torch.tensor(lm.eos_token_ids, device="cpu")
     for t in range(width):
         base, prop = proposal_logprobs(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V) each
+        if law is not None:
+            prop = law(state, rows, [tokens[r] for r in rows.tolist()], prop)
         tok = sample_logprobs(prop, generator)  # (b,)
         base_lp[rows, t] = gather(base, tok).float().cpu()
         prop_lp[rows, t] = gather(prop, tok).float().cpu()
