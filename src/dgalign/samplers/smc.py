@@ -6,7 +6,11 @@ top-k / top-p) and its log-weight gains
 
     log p_θ(y_t | y_<t) − log q(y_t | y_<t) + ψ_t − ψ_{t−1}                             (1)
 
-with a twist ψ_t ≈ log E_p[exp(β r) | y_≤t] (ψ_0 = 0). A particle that finishes (EOS or the length
+with a twist ψ_t ≈ log E_p[exp(β r) | y_≤t] (ψ_0 = 0): β·r of the partial text, a DGA checkpoint's value
+head or the toy's exact soft value (these two read at the hidden state before y_t, on y_t). With
+proposal=twisted, q is value-guided decoding's step law (`vgd.step_law`, q ∝ p·e^ψ on the top-m, the
+tail untilted); with the exact value over the whole vocabulary the increments (1) are then constant,
+so any number of particles samples p_r exactly. A particle that finishes (EOS or the length
 limit) gains the final correction β r(c, y) − ψ_{t−1} instead and keeps its weight from then on (2).
 A run resamples when ESS < ess_threshold·N (3). Whatever the twist, the weights are proper for p_r
 (restricted to what q can draw), and the product over resampling epochs of the mean weight is an
@@ -23,32 +27,47 @@ import torch
 
 from ..config import check_choice, check_counts, check_range
 from ..cost import Meter
+from ..errors import DGAlignError
 from ..ops import gather, proposal_logprobs, sample_logprobs
 from ..smc_math import RESAMPLING, ess, log_mean_exp, pick_rows, resample_runs
-from ..types import LM, DecodeState, Prompts, Reward, SamplerConfig, Samples
+from ..types import LM, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill
+from .dga.twist import build_twist
+from .vgd import tilt
 
-TWISTS = ("reward", "none")
+TWISTS = ("reward", "none", "learned", "exact")
+VALUE_TWISTS = ("learned", "exact")  # read at the LM's hidden state, so they can also shape the proposal
+PROPOSALS = ("base", "twisted")
 
 
 @dataclass
 class SMCConfig(SamplerConfig):
     particles: int = 16  # particles per run; one run per returned completion
     ess_threshold: float = 0.5  # resample a run when its ESS falls below this fraction of `particles`
-    twist: str = "reward"  # ψ_t: "reward" = β·r(c, partial text); "none" = 0 (plain particle filter)
+    # ψ_t: "reward" = β·r(c, partial text); "none" = 0 (plain particle filter); "learned" = a DGA checkpoint's
+    # value head; "exact" = the soft value by enumeration (toy only)
+    twist: str = "reward"
+    checkpoint: str = ""  # for twist=learned: `dgalign train` directory, shipped name or hf:REPO[@REV]
+    proposal: str = "base"  # "base" = the base LM; "twisted" = vgd's step law (needs twist=learned or exact)
+    top_m: int = 64  # proposal=twisted: tokens tilted by ψ (0 = the whole vocabulary); the rest keep their base mass
     resampling: str = "systematic"  # "systematic" or "multinomial"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_counts(self, "particles")
         check_choice("twist", self.twist, TWISTS)
+        check_choice("proposal", self.proposal, PROPOSALS)
+        check_range("top_m", self.top_m, 0)
         check_choice("resampling scheme", self.resampling, RESAMPLING)
         check_range("ess_threshold", self.ess_threshold, 0, 1)
+        if self.proposal == "twisted" and self.twist not in VALUE_TWISTS:
+            raise DGAlignError(f"proposal=twisted needs a value twist (twist=learned or exact), not twist={self.twist}")
+        if self.twist == "learned" and not self.checkpoint:
+            raise DGAlignError("twist=learned needs --set checkpoint=DIR (train one with `dgalign train`)")
 
 
-def twist(cfg: SMCConfig, meter: Meter, reward: Reward, prompts: list[str], texts: list[str],
-          state: DecodeState) -> torch.Tensor:
-    """ψ_t of unfinished particles, (b,): from their partial texts, or from `state` (their stepped LM rows)."""
+def twist(cfg: SMCConfig, meter: Meter, reward: Reward, prompts: list[str], texts: list[str]) -> torch.Tensor:
+    """ψ_t of unfinished particles from their partial texts, (b,) (the value twists are read before the step)."""
     if cfg.twist == "reward":
         return cfg.beta * meter.score(reward, prompts, texts)
     return torch.zeros(len(texts), device="cpu")  # "none"
@@ -65,6 +84,8 @@ def sample_smc(
     callback: Callable[[dict], None] | None = None,
 ) -> Samples:
     """Twisted SMC; `log_z` is log of the mean over runs of each run's unbiased Ẑ."""
+    value = build_twist(cfg.twist, lm, reward, prompts, beta=cfg.beta, max_new_tokens=cfg.max_new_tokens,
+                        checkpoint=cfg.checkpoint) if cfg.twist in VALUE_TWISTS else None
     meter = Meter(lm)
     runs, n, length = len(prompts) * cfg.num_samples, cfg.particles, cfg.max_new_tokens
     size = runs * n  # particle b belongs to run b // n, prompt b // (num_samples·n)
@@ -86,8 +107,15 @@ def sample_smc(
     for t in range(length):
         live = alive.nonzero().squeeze(-1)  # (b,) particle ids, the rows of `state`
         base, prop = proposal_logprobs(state.logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (b, V) each
+        if value is not None:  # the rows' prompts and prefixes, for the value twist
+            rows_prompt = [b // (cfg.num_samples * n) for b in live.tolist()]
+            prefixes = tokens[live, :t].tolist()
+        if cfg.proposal == "twisted":
+            prop = tilt(value, rows_prompt, prefixes, state.hidden, prop, cfg.top_m)[0]
         tok = sample_logprobs(prop, generator)  # (b,)
         lp_base, lp_prop = gather(base, tok).cpu(), gather(prop, tok).cpu()
+        if value is not None:  # ψ_t = ψ(y_<t ⊕ y_t), read at the state before y_t
+            psi_t = value(rows_prompt, prefixes, state.hidden, tok[:, None])[:, 0].double().cpu()
         tok = tok.cpu()
         tokens[live, t], lengths[live] = tok, t + 1
         base_lp[live] += lp_base
@@ -110,8 +138,8 @@ def sample_smc(
             if done.any():
                 state = lm.select(state, keep.to(lm.device))
             state = lm.step(state, tok[keep][:, None].to(lm.device))
-            new_psi = twist(cfg, meter, reward, [prompt_rows[i] for i in keep.tolist()],
-                            [texts[i] for i in keep.tolist()], state).double()
+            new_psi = psi_t[keep] if value is not None else twist(
+                cfg, meter, reward, [prompt_rows[i] for i in keep.tolist()], [texts[i] for i in keep.tolist()]).double()
             log_w[live[keep]] += new_psi - psi[live[keep]]
             psi[live[keep]] = new_psi
 
