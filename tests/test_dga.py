@@ -354,7 +354,7 @@ def test_train_tiny_on_the_embedded_model_then_generate(tmp_path, monkeypatch, c
     ck = tmp_path / "ck"
     run("train", "--tiny", "--prompts", "rtp-toxic", "--skip", "50", "--n-prompts", "4", "--out", str(ck))
     meta = json.loads((ck / "dga.json").read_text())
-    assert meta["model"] == "smollm2-135m-instruct" and meta["tuples"] > 50 and meta["losses"]["contrast"] > 0
+    assert meta["model"] == "smollm2-135m-instruct" and meta["tuples"] > 50 and meta["losses"]["value"] > 0
     out = json.loads(run("generate", "The weather today", "--raw", "--method", "dga", "--set", f"checkpoint={ck}",
                          "--max-new-tokens", "6", "--json"))
     assert out["method"] == "dga" and 0 < out["results"][0]["num_tokens"] <= 6

@@ -4,13 +4,18 @@
    record, at every position i, the hidden state h_i at the prefix and the top-m candidates of
    p_θ(· | prefix) — the (h, x_0 block, t, target) tuples of §2.6 — and score `score_k` of the
    candidates v with the reward on the partial text prefix ⊕ v.
-2. φ = (g_φ, r_φ): L_φ = ‖μ_φ(x_t) − μ̃(x_t, x_0)‖² + α·(r_φ(x_t, t, h) − r̃)², with t uniform,
-   x_t = √ᾱ_t e_y + √(1−ᾱ_t) z, μ̃ the true DDPM posterior mean and r̃ the standardised reward,
-   plus α_c times a contrast loss: over the scored candidates of a prefix, r_φ(e_v, 0, h) minus its
-   mean must match r(prefix ⊕ v) minus its mean. E[r | prefix ⊕ v] = r̄ + (that contrast) is a
-   control-variate estimate (swapping token y for v moves the final reward as it moves the
-   partial-text reward); one rollout's r cannot tell a prefix's candidates apart, the contrasts can,
-   and they are what the twist's softmax ψ_v = β·r_φ(e_v, 0, h) reads.
+2. φ = (g_φ, r_φ): L_φ = ‖μ_φ(x_t) − μ̃(x_t, x_0)‖² + α·L_value, with t uniform,
+   x_t = √ᾱ_t e_y + √(1−ᾱ_t) z, μ̃ the true DDPM posterior mean. The value head is a *soft value*
+   (`value_target=soft`, the default): β·r_φ(e_y, 0, h_t) ≈ ψ(y_≤t) = log E_{p_θ}[exp(β r) | y_≤t], the
+   twist p_θ·e^ψ needs (CD-Q / FUDGE, Mudgal et al. 2024). Each rollout's final reward r is one Monte
+   Carlo draw given each of its prefixes, and the LINEX loss e^u − u − 1 with u = β(r − r_φ) is minimised
+   exactly at r_φ = (1/β)·log E[e^{βr} | prefix] — the soft value from single draws, no branching needed
+   (for small β it is the squared error / 2, i.e. E[r | prefix]). It is applied to the clean taken token
+   at t = 0 (what every twist reads) and to the noised x_t (what `grad=value` differentiates).
+   `value_target=contrast` is the earlier head: squared error to the standardised reward at x_t plus
+   α_c times within-prefix contrasts of r_φ(e_v, 0, h) against the partial-text reward r(prefix ⊕ v)
+   (ARGS's myopic signal; it over-tilts). The contrasts may also be kept as an auxiliary (α_c > 0) with
+   the soft target; candidates are scored only then.
 3. ψ: L_ψ = ‖δ_ψ(x_t, t, h) − ĝ/β‖² (eq. 9), ĝ the analytic guidance from r_φ's candidate values.
 
 With `rollout_shards` = K > 1 the prompts are cut into K contiguous shards, each rolled out with its
@@ -51,6 +56,7 @@ from ..samplers.dga.schedule import alpha_bars, base_betas
 from ..samplers.rollout import rollout
 from ..types import LM, Prompts, Reward
 
+VALUE_TARGETS = ("soft", "contrast")
 # TrainConfig's counts: each must be at least 1
 _COUNTS = ("rollouts", "max_new_tokens", "steps", "width", "epochs_phi", "epochs_psi", "batch_size", "score_k",
            "rollout_batch", "rollout_shards")
@@ -70,8 +76,9 @@ class TrainConfig:
     batch_size: int = 512  # tuples per optimiser step
     lr: float = 1e-3  # AdamW learning rate
     alpha: float = 1.0  # weight of the value loss in L_φ
-    alpha_contrast: float = 10.0  # weight of the candidate-contrast value loss (α_c; 1 left the contrasts shrunk 3x)
-    score_k: int = 16  # candidates per position scored on prefix ⊕ v (the token taken + draws ∝ p_θ/2 + 1/2m)
+    value_target: str = "soft"  # soft: LINEX to the soft value (1/β)·log E[e^{βr} | prefix] | contrast: the old head
+    alpha_contrast: float = 0.0  # weight of the candidate-contrast loss (α_c; the `contrast` head used 10)
+    score_k: int = 16  # candidates per position scored on prefix ⊕ v when α_c > 0 (the taken token + draws ∝ p_θ/2 + 1/2m)
     rollout_batch: int = 16  # prompts per rollout batch
     rollout_shards: int = 1  # prompt shards, each rolled out from its own seed (`--ray`: one actor call each)
     seed: int = 0  # seeds rollouts, noise and initialisation
@@ -82,6 +89,7 @@ class TrainConfig:
             check_range(name, getattr(self, name), 1)
         check_range("top_m", self.top_m, 0)  # 0 = the whole vocabulary
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("value_target", self.value_target, VALUE_TARGETS)
         check_range("beta", self.beta, 0, open_low=True)  # ψ is fitted to ĝ/β
         check_range("lr", self.lr, 0, open_low=True)
         check_range("alpha", self.alpha, 0)
@@ -141,7 +149,7 @@ def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generato
             taken = hit[live].float().argmax(-1)  # (n,) index of the drawn token among the candidates
             picks = _score_picks(step.top_logp[live], taken, cfg.score_k, generator)  # (n, k)
             texts = []
-            for r, vs in zip(rows.tolist(), cand.gather(1, picks).tolist(), strict=True):
+            for r, vs in zip(rows.tolist(), cand.gather(1, picks).tolist() if _contrasts(cfg) else [], strict=False):
                 prefix = tuple(out.tokens[r][:t])
                 if prefix not in prefixes:
                     prefixes[prefix] = lm.decode(list(prefix))
@@ -209,6 +217,11 @@ def collect_shards(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig) -
                         for k, shard in enumerate(shard_prompts(prompts, cfg.rollout_shards))])
 
 
+def _contrasts(cfg: TrainConfig) -> bool:
+    """Whether the candidate contrasts are trained (and so the candidates scored on partial texts)."""
+    return cfg.value_target == "contrast" or cfg.alpha_contrast > 0
+
+
 def _score_picks(logp: torch.Tensor, taken: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Which candidates to score, (n, k'): the taken one first, then draws without replacement from
     p_θ/2 + uniform/2 (likely tokens, and a spread over the tail so the head is not extrapolating there)."""
@@ -233,19 +246,33 @@ def _noised(t: Tuples, idx: torch.Tensor, emb: torch.Tensor, abars: torch.Tensor
 
 
 def phi_loss(nets: DGANets, t: Tuples, idx, emb, abars, alpha: float, gen,
-             alpha_contrast: float = TrainConfig.alpha_contrast) -> tuple[torch.Tensor, dict]:
-    """L_φ = ‖μ_φ − μ̃‖² (per dimension) + α·(r_φ − r̃)² + α_c·(candidate contrasts) on one minibatch."""
+             alpha_contrast: float = TrainConfig.alpha_contrast, value_target: str = TrainConfig.value_target,
+             beta: float = TrainConfig.beta) -> tuple[torch.Tensor, dict]:
+    """L_φ = ‖μ_φ − μ̃‖² (per dimension) + α·L_value + α_c·(candidate contrasts) on one minibatch."""
     cand, x0, t_frac, x_t, a_t, a_prev = _noised(t, idx, emb, abars, gen)
     h = t.hidden[idx]
     log_pi = posterior_logits(x_t, a_t, cand, nets.correction(x_t, t_frac, h))
     mu, _ = ddpm_mean_var(x_t, tweedie(log_pi, cand), a_t, a_prev)
     mu_true, _ = ddpm_mean_var(x_t, x0, a_t, a_prev)
     den = ((mu - mu_true) ** 2).mean()
-    r_std = (t.reward[idx] - nets.value.mean) / nets.value.std
-    val = ((nets.value(x_t, t_frac, h) - r_std) ** 2).mean()
-    con = contrast_loss(nets, t, idx, cand, h)
+    head, r = nets.value, t.reward[idx]
+    if value_target == "soft":  # LINEX at the clean taken token (the twist) and at x_t (its gradient)
+        rows = torch.arange(len(idx), device=idx.device)
+        taken = cand.ids[rows, t.target[idx]]
+        clean = head.units(head.clean(taken, x0, h, rows))
+        val = (soft_value_loss(clean, r, beta) + soft_value_loss(head.reward(x_t, t_frac, h), r, beta)) / head.std**2
+    else:
+        val = ((head(x_t, t_frac, h) - (r - head.mean) / head.std) ** 2).mean()
+    con = contrast_loss(nets, t, idx, cand, h) if alpha_contrast > 0 else torch.zeros((), device=den.device)
     return den + alpha * val + alpha_contrast * con, {"denoiser": float(den.detach()), "value": float(val.detach()),
                                                       "contrast": float(con.detach())}
+
+
+def soft_value_loss(pred: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean LINEX loss (e^u − u − 1)/β², u = β(r − pred): minimised over pred at (1/β)·log E[e^{βr}], the soft
+    value in reward units, from single draws r; ≈ (r − pred)²/2 for small β·(r − pred)."""
+    u = (beta * (reward - pred)).clamp(max=20.0)
+    return (torch.expm1(u) - u).mean() / beta**2
 
 
 def contrast_loss(nets: DGANets, t: Tuples, idx, cand: Candidates, h: torch.Tensor) -> torch.Tensor:
@@ -351,7 +378,8 @@ def train_dga(lm: LM, reward: Reward, reward_name: str, prompts: Prompts, out: s
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             if epoch < cfg.epochs_phi:
-                loss, parts = phi_loss(nets, tuples, idx, emb, abars, cfg.alpha, gen, cfg.alpha_contrast)
+                loss, parts = phi_loss(nets, tuples, idx, emb, abars, cfg.alpha, gen, cfg.alpha_contrast,
+                                       cfg.value_target, cfg.beta)
                 opt_phi.zero_grad()
                 loss.backward()
                 opt_phi.step()
@@ -395,7 +423,8 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
         ax.plot(losses[key])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
-        ax.set_yscale("log")
+        if any(v > 0 for v in losses[key]):  # the contrast loss is 0 throughout when α_c = 0
+            ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

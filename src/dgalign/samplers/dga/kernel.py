@@ -82,12 +82,13 @@ def perturb(g: GuideInputs, k: int, generator: torch.Generator | None) -> torch.
 
 
 def finite_difference(
-    g: GuideInputs, k: int, reward_of: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None
+    g: GuideInputs, k: int, reward_of: Callable[[torch.Tensor, Candidates], torch.Tensor],
+    generator: torch.Generator | None
 ) -> torch.Tensor:
     """Demon-style estimate from the real reward of K perturbations, each rounded to its likeliest token."""
     xs, sigma2 = _perturbations(g, k, generator)  # (K, B, D), (B, 1)
     picks = torch.stack([posterior_logits(x, g.abar, g.cand).argmax(-1) for x in xs])  # (K, B)
-    rewards = reward_of(picks)  # (K, B) real reward of prefix ⊕ picked candidate
+    rewards = reward_of(picks, g.cand)  # (K, B) real reward of prefix ⊕ picked candidate
     tau = rewards.std(0, keepdim=True).clamp(min=1e-6)
     w = (rewards / tau).softmax(0) - 1.0 / k  # (K, B); zero when every perturbation scores the same
     return g.beta * (w[..., None] * (xs - g.x_t[None])).sum(0) / sigma2

@@ -3,7 +3,8 @@
 The learned head r_φ(x, t, h) (§2.3, trained in §2.6) predicts the standardised final reward
 from the LM hidden state h at the prefix and a (noised) next-token embedding x; at t = 0 it
 scores candidates (the value twist, ψ = β·r̂), and its gradient in x_t guides the kernel.
-`ExactToyValue` computes ψ by enumeration on the toy LM (for tests and `dgalign exact`).
+The exact soft value on the toy LM (`twist.ExactToyValue`) and the twist objects every value-reading
+method shares are in `twist.py`.
 """
 
 from __future__ import annotations
@@ -66,36 +67,3 @@ class ValueHead(nn.Module):
         index = torch.arange(b, device=h.device).repeat_interleave(m)
         flat = self.clean(cand.ids.reshape(-1), cand.emb.reshape(b * m, d), h, index)
         return self.units(flat).view(b, m)
-
-
-class ExactToyValue:
-    """ψ(prefix) = log Σ_y p_θ(y | prefix)·exp(β r(c, prefix ⊕ y)), by recursion over the toy's tree.
-
-    ψ(complete y) = β r(c, y); ψ(prefix) = log Σ_v p_θ(v | prefix)·exp(ψ(prefix ⊕ v)).
-    """
-
-    def __init__(self, lm, reward, prompt: str, prompt_ids: list[int], max_new_tokens: int, beta: float):
-        self.table: dict[tuple[int, ...], float] = {}
-        self.eos = eos = set(lm.eos_token_ids)
-
-        def visit(prefix: tuple[int, ...]) -> float:
-            if (prefix and prefix[-1] in eos) or len(prefix) == max_new_tokens:
-                value = beta * float(reward([prompt], [lm.decode(list(prefix))])[0])
-            else:
-                logp = lm.start([prompt_ids + list(prefix)]).logits[0].double().log_softmax(-1)
-                kids = torch.tensor([float(logp[v]) + visit(prefix + (v,)) for v in range(len(logp))], device="cpu")
-                value = float(torch.logsumexp(kids, 0))
-            self.table[prefix] = value
-            return value
-
-        self.log_z = visit(())
-
-    def __call__(self, prefixes: list[tuple[int, ...]]) -> torch.Tensor:
-        """ψ of each prefix; tokens after its first EOS are ignored (the answer ended there)."""
-        return torch.tensor([self.table[self._cut(p)] for p in prefixes], device="cpu")
-
-    def _cut(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
-        for i, tok in enumerate(prefix):
-            if tok in self.eos:
-                return prefix[: i + 1]
-        return prefix
