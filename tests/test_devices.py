@@ -21,8 +21,11 @@ from dgalign.rewards import get_reward
 from dgalign.samplers import SAMPLERS, get_sampler
 from dgalign.types import Prompts
 
-# every method at its defaults, and DGA's modes and options that create tensors of their own
-CASES = [(name, {}) for name in SAMPLERS] + [
+# the methods whose default twist is a checkpoint's value head: value=exact on the toy, a checkpoint on a HF model
+VALUE_METHODS = ("vgd", "cd-block")
+# every method at its defaults, and DGA's modes and options that create tensors of their own (and those of the
+# value-reading peers: whole-vocabulary and truncated step laws, best-of-K blocks, SMC with a value twist)
+CASES = [(name, {"value": "exact"} if name in VALUE_METHODS else {}) for name in SAMPLERS] + [
     ("dga", {"particles": 4}),
     ("dga", {"block": 2}),
     ("dga", {"particles": 4, "block": 3, "top_m": 0}),
@@ -30,13 +33,22 @@ CASES = [(name, {}) for name in SAMPLERS] + [
     ("dga", {"adaptive_lambda": 0.5}),
     ("dga", {"grad": "perturb", "value": "exact"}),
     ("dga", {"grad": "analytic", "value": "exact", "particles": 4}),
+    ("vgd", {"value": "exact", "top_m": 0}),
+    ("vgd", {"value": "exact", "top_m": 2, "tail": "drop"}),
+    ("cd-block", {"value": "exact", "block": 2, "select": "best"}),
+    ("smc", {"twist": "exact"}),
+    ("smc", {"twist": "exact", "proposal": "twisted", "top_m": 2}),
 ]
 TRAINED = [  # need a checkpoint
     ("dga", {}),
     ("dga", {"grad": "value"}),
     ("dga", {"grad": "analytic", "particles": 4, "adaptive_lambda": 0.5}),
     ("dga", {"block": 2}),
+    ("vgd", {}),
+    ("cd-block", {"block": 2}),
+    ("smc", {"twist": "learned", "proposal": "twisted", "top_m": 2}),
 ]
+HF_EXTRA = [("dga", {"particles": 4}), ("smc", {"twist": "learned", "proposal": "twisted", "top_m": 16})]
 
 
 @pytest.fixture
@@ -91,13 +103,37 @@ def toy_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("name", "sets"), TRAINED, ids=[f"{n}{s or ''}" for n, s in TRAINED])
-def test_dga_with_a_checkpoint_follows_the_data_device(meta_default, toy_checkpoint, name, sets):
+def test_methods_with_a_checkpoint_follow_the_data_device(meta_default, toy_checkpoint, name, sets):
     _run(ToyLM(), toy_reward, ["a", "b"], name, {**sets, "checkpoint": toy_checkpoint})
 
 
-@pytest.mark.parametrize(("name", "sets"), CASES[:len(SAMPLERS)] + [("dga", {"particles": 4})],
-                         ids=[f"{n}{s or ''}" for n, s in CASES[:len(SAMPLERS)] + [("dga", {"particles": 4})]])
-def test_samplers_follow_the_data_device_on_a_hf_model(meta_default, tiny_llama, name, sets):
+@pytest.fixture(scope="module")
+def llama_checkpoint(tiny_llama, tmp_path_factory):
+    """An untrained DGA checkpoint for the tiny Llama: the value head the value-reading methods need there."""
+    from dgalign.samplers.dga.checkpoint import DGANets
+
+    with torch.device("cpu"):
+        lm = load_lm(tiny_llama, device="cpu", chat=False)
+        dim = lm.embeddings().shape[1]
+        out = tmp_path_factory.mktemp("devices") / "llama-ck"
+        DGANets.fresh(dim, dim, lm.vocab_size, width=16, meta={"model": lm.name}).save(out)
+    return str(out)
+
+
+def _hf_sets(name: str, sets: dict, checkpoint: str) -> dict:
+    """A method's settings on the tiny Llama: DGA's candidates cut to 16, a checkpoint for the value twists."""
+    if name == "dga":
+        return {**sets, "top_m": 16}
+    if name in VALUE_METHODS or sets.get("twist") == "learned":
+        return {**sets, "checkpoint": checkpoint}
+    return sets
+
+
+HF_CASES = [(name, {}) for name in SAMPLERS] + HF_EXTRA  # every method at its defaults (+ a checkpoint)
+
+
+@pytest.mark.parametrize(("name", "sets"), HF_CASES, ids=[f"{n}{s or ''}" for n, s in HF_CASES])
+def test_samplers_follow_the_data_device_on_a_hf_model(meta_default, tiny_llama, llama_checkpoint, name, sets):
     with torch.device("cpu"):  # loading is the loader's business; sampling must follow the loaded weights
         lm = load_lm(tiny_llama, device="cpu", chat=False)
         length = get_reward("length")
@@ -106,14 +142,14 @@ def test_samplers_follow_the_data_device_on_a_hf_model(meta_default, tiny_llama,
         with torch.device("cpu"):
             return length(prompts, completions)
 
-    _run(lm, reward, ["Hello there", "The sky is"], name, {**sets, "top_m": 16} if name == "dga" else sets)
+    _run(lm, reward, ["Hello there", "The sky is"], name, _hf_sets(name, sets, llama_checkpoint))
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_every_sampler_runs_on_a_bf16_model(tiny_llama, name):
+def test_every_sampler_runs_on_a_bf16_model(tiny_llama, llama_checkpoint, name):
     lm = load_lm(tiny_llama, dtype="bfloat16", device="cpu", chat=False)
     assert lm.model.dtype == torch.bfloat16
-    out = _run(lm, get_reward("length"), ["Hello there", "The sky is"], name, {"top_m": 16} if name == "dga" else {},
+    out = _run(lm, get_reward("length"), ["Hello there", "The sky is"], name, _hf_sets(name, {}, llama_checkpoint),
                max_new_tokens=4)
     assert out.base_logprobs.dtype == torch.float32  # log-probs are upcast, whatever the weights' dtype
     assert all(math.isfinite(float(x)) for x in out.base_logprobs)

@@ -67,11 +67,19 @@ EXACT64 = {"particles": 64, "value": "exact"}
 # --bias 20000`), rounded up to 0.005: an upper estimate of its bias, since it still holds that size's
 # noise floor (≈ 0.013–0.015). DGA exact mode's is from the same runs, pooled 20 answers per call.
 SMC = {"particles": 64}
+VGD_EXACT = {"value": "exact", "top_m": 0}
 CLAIMS = [
     # i.i.d. draws of an exact sampler: no bias
     Claim("base", "base", 0.0, 20_000),
     Claim("bon-2", "bon", 0.0, 20_000, {"n": 2}, law=bon_law),
     Claim("bon-4", "bon", 0.0, 20_000, {"n": 4}, law=bon_law),
+    # value-guided decoding with the exact soft value over the whole vocabulary: i.i.d. draws of p_r itself
+    Claim("vgd-exact-b1", "vgd", 1.0, 20_000, VGD_EXACT),
+    Claim("vgd-exact-b4", "vgd", 4.0, 20_000, VGD_EXACT),
+    # SMC proposing from that step law: every increment is ψ̄ − ψ_{t−1} = 0, so 2 particles are exact (no bias)
+    # and every run's Ẑ is Z itself (log Ẑ to float precision)
+    Claim("smc-exact-twisted-b4", "smc", 4.0, 4000, {"particles": 2, "twist": "exact", "proposal": "twisted",
+                                                     "top_m": 0}, log_z_bias=0.001),
     # one answer per SMC run (i.i.d.); N = 64 particles leave an O(1/N) bias, larger at β = 4
     Claim("smc-b1", "smc", 1.0, 2000, SMC, bias=0.02, log_z_bias=0.005),  # TV at 20k: 0.0178
     Claim("smc-b4", "smc", 4.0, 2000, SMC, bias=0.035, log_z_bias=0.005),  # 0.0333
