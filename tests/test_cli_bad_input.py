@@ -69,6 +69,20 @@ CASES = [
     ("refine-accept", [*GEN, "--method", "refine", "--set", "accept=bogus"], ["accept", "greedy, mh"], None),
     ("smc-twist", [*GEN, "--method", "smc", "--set", "twist=bogus"], ["twist", "reward, none"], None),
     ("smc-resampling", [*GEN, "--method", "smc", "--set", "resampling=bogus"], ["systematic, multinomial"], None),
+    ("smc-proposal", [*GEN, "--method", "smc", "--set", "proposal=bogus"], ["proposal", "base, twisted"], None),
+    ("vgd-value", [*GEN, "--method", "vgd", "--set", "value=bogus"], ["value", "learned, exact"], None),
+    ("vgd-tail", [*GEN, "--method", "vgd", "--set", "tail=bogus"], ["tail", "base, drop"], None),
+    ("cd-block-value", [*GEN, "--method", "cd-block", "--set", "value=none"], ["value", "learned, exact"], None),
+    ("cd-block-select", [*GEN, "--method", "cd-block", "--set", "select=bogus"], ["select", "sample, best"], None),
+    # -- value twists: what they need
+    ("vgd-no-checkpoint", [*GEN, "--method", "vgd"], ["learned twist", "checkpoint=DIR", "dgalign train"], None),
+    ("cd-block-no-checkpoint", [*GEN, "--method", "cd-block"], ["learned twist", "checkpoint=DIR"], None),
+    ("vgd-checkpoint-missing", [*GEN, "--method", "vgd", "--set", "checkpoint={d}/emptydir"], ["not a DGA checkpoint"],
+     None),
+    ("smc-learned-no-checkpoint", [*GEN, "--method", "smc", "--set", "twist=learned"], ["twist=learned",
+                                                                                       "checkpoint=DIR"], None),
+    ("smc-twisted-without-a-value", [*GEN, "--method", "smc", "--set", "proposal=twisted"],
+     ["proposal=twisted", "twist=learned or exact", "twist=reward"], None),
     # -- numbers: NaN, infinities, out-of-range values
     ("beta-nan", [*GEN, "--beta", "nan"], ["--beta", "finite"], None),
     ("beta-inf", [*GEN, "--beta", "inf"], ["--beta", "finite"], None),
@@ -86,6 +100,10 @@ CASES = [
     ("dga-adaptive-lambda", [*GEN, "--method", "dga", "--set", "adaptive_lambda=-1"], ["adaptive_lambda"], None),
     ("dga-adaptive-clip", [*GEN, "--method", "dga", "--set", "adaptive_clip=0"], ["adaptive_clip", "> 0"], None),
     ("smc-ess-threshold", [*GEN, "--method", "smc", "--set", "ess_threshold=1.5"], ["ess_threshold"], None),
+    ("smc-top-m-negative", [*GEN, "--method", "smc", "--set", "top_m=-1"], ["top_m", ">= 0"], None),
+    ("vgd-top-m-negative", [*GEN, "--method", "vgd", "--set", "top_m=-1"], ["top_m", ">= 0"], None),
+    ("cd-block-drafts-zero", [*GEN, "--method", "cd-block", "--set", "drafts=0"], ["drafts", "at least 1"], None),
+    ("cd-block-block-zero", [*GEN, "--method", "cd-block", "--set", "block=0"], ["block", "at least 1"], None),
     ("langevin-top-m", [*GEN, "--method", "langevin", "--set", "top_m=0"], ["top_m", ">= 1"], None),
     ("langevin-step-size", [*GEN, "--method", "langevin", "--set", "step_size=0"], ["step_size"], None),
     ("langevin-noise-start", [*GEN, "--method", "langevin", "--set", "noise_start=0"], ["noise_start"], None),
@@ -379,6 +397,24 @@ def test_train_config_checks_every_field(kwargs, message):
         with pytest.raises(DGAlignError, match=message):  # `dgalign train --set` builds the config the same way
             apply_overrides(TrainConfig(), {k: str(v) for k, v in kwargs.items()})
     assert TrainConfig(top_m=0).top_m == 0  # 0 = the whole vocabulary
+
+
+@pytest.mark.parametrize(("method", "kwargs", "message"), [
+    ("vgd", {"value": "none"}, "unknown value 'none'; valid: learned, exact"),
+    ("vgd", {"tail": "cut"}, "unknown tail 'cut'; valid: base, drop"),
+    ("vgd", {"top_m": -1}, "top_m must be >= 0, got -1"),
+    ("cd-block", {"drafts": 0}, "drafts must be at least 1, got 0"),
+    ("cd-block", {"select": "top"}, "unknown select 'top'; valid: sample, best"),
+    ("smc", {"proposal": "value"}, "unknown proposal 'value'; valid: base, twisted"),
+    ("smc", {"twist": "learned"}, "twist=learned needs --set checkpoint=DIR"),
+    ("smc", {"proposal": "twisted", "twist": "none"}, r"proposal=twisted needs a value twist \(twist=learned or exact\)"),
+])
+def test_value_twist_configs_check_their_fields(method, kwargs, message):
+    from dgalign.samplers import get_sampler
+
+    default = type(get_sampler(method)[1])
+    with pytest.raises(DGAlignError, match=message):
+        default(**kwargs)
 
 
 @pytest.mark.parametrize(("data", "words"), [
