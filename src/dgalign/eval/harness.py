@@ -58,7 +58,8 @@ from .bench_config import IDENTITY, LATER_IDENTITY, BenchConfig
 GRIDS: dict[str, dict[str, str]] = {
     # §2.8 ablations: each variant changes one knob of the reference `dga` (token blocks, fixed
     # schedule, grad=auto — `analytic` from the value head when a checkpoint is given, `fd` without —,
-    # noise init). Pass the checkpoint with `--set checkpoint=DIR`; proposal and value need one.
+    # noise init); `dga-no-diffusion` is diffusion vs none: value-guided decoding on the same value head
+    # (vgd). Pass the checkpoint with `--set checkpoint=DIR`; proposal, value and vgd need one.
     "ablations": {
         "base": "base",
         "dga": "dga",
@@ -68,6 +69,7 @@ GRIDS: dict[str, dict[str, str]] = {
         "dga-grad-value": "dga:grad=value",
         "dga-grad-none": "dga:grad=none",
         "dga-draft": "dga:init=draft",
+        "dga-no-diffusion": "vgd",
     },
 }
 
