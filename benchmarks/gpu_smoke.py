@@ -27,9 +27,14 @@ from dgalign.types import Prompts
 OPENINGS = ["The best way to spend a rainy afternoon is", "My neighbour keeps parking in front of my house, so",
             "Here is a short story about a lighthouse keeper:", "The most underrated invention of the last century is",
             "When I first learned to cook, I", "Honestly, the people who run this city are"]
-# DGA with the shipped checkpoint as well as at its defaults
-CASES = [(name, {}) for name in SAMPLERS] + [("dga", {"checkpoint": "toxicity"}),
-                                             ("dga", {"checkpoint": "toxicity", "particles": 4})]
+# every method at its defaults (the value-reading peers of DGA with the shipped checkpoint, which they need), DGA
+# with it as well, and SMC with its value head as twist and twisted proposal
+NEEDS_CHECKPOINT = ("vgd", "cd-block")
+CASES = [(name, {"checkpoint": "toxicity"} if name in NEEDS_CHECKPOINT else {}) for name in SAMPLERS] + [
+    ("dga", {"checkpoint": "toxicity"}),
+    ("dga", {"checkpoint": "toxicity", "particles": 4}),
+    ("smc", {"twist": "learned", "checkpoint": "toxicity", "proposal": "twisted"}),
+]
 
 
 def main() -> None:
