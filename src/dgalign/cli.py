@@ -676,6 +676,37 @@ def report(
     typer.echo(f"wrote {path} and plots beside it")
 
 
+@app.command()
+def experiment(
+    name: Annotated[str, typer.Argument(help="An experiment of experiments/ (quality, efficiency, controllability, "
+                                             "generalisation, ablations) or the path of a .yaml file.")],
+    out: Annotated[str | None, typer.Option(help="Results directory: report.md, plots/, summary.json, manifest.json "
+                                                 "(default docs/results/NAME).")] = None,
+    work: Annotated[str, typer.Option(help="Rows, verdicts and trained checkpoints (re-run to resume; trained "
+                                           "artifacts are reused by every experiment sharing the directory).")] = (
+        "runs/experiments"),
+    data_dir: Annotated[str | None, typer.Option(help="Benchmark data directory (sets $DGALIGN_DATA).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only read and check the YAML, print its runs.")] = False,
+) -> None:
+    """Run one experiment end to end: train what it needs, bench, judge, time, report (resumable)."""
+    import os
+    from pathlib import Path
+
+    from .experiment import load_experiment
+
+    if data_dir is not None:
+        os.environ["DGALIGN_DATA"] = data_dir
+    exp = load_experiment(name)
+    if check:
+        for run in exp.runs:
+            typer.echo(f"{run.id:<24} {run.kind:<10} {run.suite:<12} {run.model}  {', '.join(run.methods)}")
+        return
+    from .experiment.runner import run_all
+
+    path = run_all(exp, Path(out or f"docs/results/{exp.name}"), Path(work), argv=sys.argv)
+    typer.echo(f"wrote {path} (plots, summary.json and manifest.json beside it)")
+
+
 DIMENSIONS = "quality,helpfulness,harmlessness"  # what raters and judges compare, by default
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -12,6 +12,7 @@ class BenchConfig:
     suite: str  # SUITES name, a .txt / .jsonl / .csv prompts file, or hf:NAME[:CONFIG][@SPLIT] (a dataset)
     out: str  # run directory: <suite>.jsonl rows and <suite>.manifest.json
     methods: list[str] = field(default_factory=lambda: ["base"])  # specs name:key=value:...; each is its row label
+    labels: list[str] = field(default_factory=list)  # the rows' labels, one per method; empty: the specs themselves
     grid: str = ""  # a GRIDS name whose methods run after `methods` ("" = none)
     n_prompts: int = 40  # the suite's first N prompts
     max_new_tokens: int = 32  # completion length limit of every method

@@ -171,7 +171,7 @@ def read_rows(path: Path, *, repair: bool = False, checked: bool = False) -> lis
     return rows
 
 
-# the manifest's parts and their JSON types (`identity` holds every IDENTITY field, `machine` _machine()'s)
+# the manifest's parts and their JSON types (`identity` holds every IDENTITY field, `machine` machine()'s)
 MANIFEST_PARTS = {"started": str, "identity": dict, "invocations": list, "methods": dict, "budget": dict,
                   "versions": dict, "machine": dict}
 MACHINE_FIELDS = ("platform", "cpu_count", "memory_gb")
@@ -231,8 +231,11 @@ def method_specs(cfg: BenchConfig) -> dict[str, str]:
     specs: dict[str, str] = {}
     if cfg.grid and cfg.grid not in GRIDS:
         raise UnknownNameError("grid", cfg.grid, GRIDS)
+    if cfg.labels and len(cfg.labels) != len(cfg.methods):
+        raise DGAlignError(f"{len(cfg.labels)} labels for {len(cfg.methods)} methods; give one label per method")
     grid = {k: v.format(max_new_tokens=cfg.max_new_tokens) for k, v in GRIDS.get(cfg.grid, {}).items()}
-    for label, spec in [*((m.strip(), m.strip()) for m in cfg.methods), *grid.items()]:
+    labels = cfg.labels or cfg.methods
+    for label, spec in [*((k.strip(), m.strip()) for k, m in zip(labels, cfg.methods, strict=True)), *grid.items()]:
         if label in specs:
             raise DGAlignError(f"method {label!r} is listed twice")
         specs[label] = spec
@@ -267,7 +270,7 @@ def resolve_methods(cfg: BenchConfig) -> list[_Method]:
 
 
 # -- the manifest ---------------------------------------------------------------------------------
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import importlib.metadata
 
     import transformers
@@ -276,7 +279,7 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def _machine() -> dict:
+def machine() -> dict:
     import psutil
 
     return {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
@@ -306,7 +309,7 @@ def _manifest(cfg: BenchConfig, path: Path, argv: list[str] | None) -> dict:
     else:
         manifest = {"started": now, "identity": _identity(cfg), "invocations": [invocation], "methods": {},
                     "budget": {}}
-    manifest.update(versions=_versions(), machine=_machine(), config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+    manifest.update(versions=versions(), machine=machine(), config=json.loads(json.dumps(dataclasses.asdict(cfg))),
                     data_dir=str(_data_dir()), energy_watts_per_core=metrics.WATTS_PER_CORE)
     return manifest
 
