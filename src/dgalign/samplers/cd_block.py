@@ -1,4 +1,4 @@
-"""Blockwise controlled decoding (Mudgal et al., ICML 2024, "Controlled Decoding from Language Models", §3.2).
+"""Blockwise controlled decoding (Mudgal et al., ICML 2024, "Controlled Decoding from Language Models").
 
 Target p_r ∝ p_θ·exp(β r), approached a block of k tokens at a time. For every unfinished answer:
 
