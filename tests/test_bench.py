@@ -309,8 +309,32 @@ def test_tiny_real_run(tmp_path):
 def test_reference_metrics_on_truthfulqa(tmp_path):
     if not (harness._data_dir() / "truthfulqa.csv").exists():
         pytest.skip("truthfulqa.csv not in the data dir")
+    # guided by readability: the suite's guide (truthfulness-rm) is a model trained once, not here
     cfg = BenchConfig(suite="truthfulqa", out=str(tmp_path / "tqa"), methods=["base"], n_prompts=2,
-                      max_new_tokens=8, ppl_model="")
+                      max_new_tokens=8, ppl_model="", reward="readability")
     rows = read_rows(run_bench(cfg, progress=False))
-    assert all(set(r["reference"]) == {"bleu", "rouge_l", "bertscore"} for r in rows)
-    assert all(0 <= r["reference"]["bertscore"] <= 1 for r in rows)
+    tqa = {f"{m}_{k}" for m in ("bleu", "rouge_l", "bertscore") for k in ("max", "diff", "acc")}
+    assert all(set(r["reference"]) == {"bleu", "rouge_l", "bertscore"} | tqa for r in rows)
+    assert all(0 <= r["reference"]["bertscore"] <= 1 and r["reference"]["bleu_acc"] in (0, 1) for r in rows)
+    assert "TruthfulQA generation metrics" in write_report(tmp_path / "tqa").read_text()
+
+
+def test_truthfulqa_generation_metrics_take_the_max_over_each_side():
+    out = metrics.truthfulqa_generation("the cat sat on the mat", ["the cat sat on the mat", "a dog"],
+                                        ["the cat sat", "no"])
+    assert out["bleu_max"] == pytest.approx(1.0) and out["rouge_l_max"] == pytest.approx(1.0)
+    assert out["rouge_l_diff"] == pytest.approx(1.0 - metrics.rouge_l("the cat sat on the mat", "the cat sat"))
+    assert out["bleu_acc"] == out["rouge_l_acc"] == out["bertscore_acc"] == 1.0
+    # "I have no comment." counts as a true answer, as in TruthfulQA
+    assert metrics.truthfulqa_generation("I have no comment.", ["yes"], ["no"])["rouge_l_max"] == pytest.approx(1.0)
+
+
+def test_labels_name_the_rows_and_n_prompts_stay_within_the_held_out_rows(tmp_path, prompts_file):
+    cfg = BenchConfig(suite=str(prompts_file), out=str(tmp_path / "l"), methods=["base", "bon:n=2"],
+                      labels=["plain", "best-of-2"], n_prompts=1, max_new_tokens=2, model="toy", reward=TOY_REWARD,
+                      ppl_model="")
+    assert {r["method"] for r in read_rows(run_bench(cfg, progress=False))} == {"plain", "best-of-2"}
+    with pytest.raises(DGAlignError, match="one label per method"):
+        run_bench(dataclasses.replace(cfg, labels=["x"]), progress=False)
+    with pytest.raises(DGAlignError, match="exceeds rtp-toxic's 400 held-out evaluation rows"):
+        run_bench(BenchConfig(suite="rtp-toxic", out=str(tmp_path / "h"), n_prompts=401), progress=False)

@@ -216,6 +216,17 @@ CASES = [
      lambda d: _corrupt_line(d, b'{"prompt_index": 1, "method": "base", "sampler": "base", "seed": 0, "beta": 4}')),
     ("report-on-a-file", ["report", "{d}/afile"], ["afile", "is a file"], None),
     ("report-no-run", ["report", "{d}/emptydir"], ["no bench run"], None),
+    # -- experiment: names and YAML fields
+    ("experiment-unknown-name", ["experiment", "nosuch"], ["unknown experiment 'nosuch'", "quality", ".yaml"], None),
+    ("experiment-unknown-field", ["experiment", "{d}/x.yaml", "--out", "{d}/res", "--work", "{d}/w"],
+     ["x.yaml", "unknown field 'bogus'", "runs"], _write("x.yaml", "suites: [hh-harmless]\nbogus: 1\n")),
+    ("experiment-field-type", ["experiment", "{d}/x.yaml", "--out", "{d}/res", "--work", "{d}/w"],
+     ["x.yaml", "max_new_tokens must be integer", "'long'"],
+     _write("x.yaml", "suites: [hh-harmless]\ndefaults: {max_new_tokens: long}\n")),
+    ("experiment-unknown-suite", ["experiment", "{d}/x.yaml", "--out", "{d}/res", "--work", "{d}/w"],
+     ["run 'a'", "unknown suite 'nosuch'"], _write("x.yaml", "runs: [{id: a, suite: nosuch}]\n")),
+    ("experiment-not-yaml", ["experiment", "{d}/x.yaml", "--out", "{d}/res", "--work", "{d}/w"],
+     ["x.yaml:", "not valid YAML"], _write("x.yaml", "suites: [a, b\n")),
     # -- train-dpo
     ("train-dpo-toy", ["train-dpo", "--model", "toy", "--pairs", "{d}/p.txt", "--out", "{d}/dpo"], ["toy"], None),
     ("train-dpo-out-under-a-file", ["train-dpo", "--model", "smollm2-135m-instruct", "--pairs", "{d}/p.txt", "--out",
