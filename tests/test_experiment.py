@@ -186,3 +186,24 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, tiny_llama, mon
     after = _tree(work)
     changed = {k for k in after if before.get(k) != after[k]}
     assert all(Path(k).name in ("report.md", "summary.json") or "plots" in k for k in changed), changed
+
+
+def test_the_plan_trains_one_checkpoint_per_model_suite_and_guide(tmp_path):
+    from dgalign.experiment.runner import plan
+
+    p = plan(load_experiment("generalisation"), tmp_path)
+    trained = sorted((w["model"], w["suite"], w["reward"]) for w in p.dga.values())
+    assert ("smollm2-135m-instruct", "hh-harmless", "harmless") in trained  # for the OOD run on harmbench
+    assert ("smollm2-135m-instruct", "harmbench", "harmless") in trained  # harmbench's own
+    assert ("qwen2.5-0.5b-instruct", "hh-harmless", "harmless") in trained
+    assert len([t for t in trained if t[2].startswith("judge(standardize=true)")]) == 3  # one per weight
+    (ood, _), = p.benches["ood-harmbench"]
+    own, other = (m.split("checkpoint=")[1] for m in ood.methods if m.startswith("dga"))
+    assert p.dga[own]["suite"] == "harmbench" and p.dga[other]["suite"] == "hh-harmless"
+    assert ood.labels == ["base", "bon:n=4", "dga", "dga:checkpoint=@hh-harmless"]
+    q = plan(load_experiment("quality"), tmp_path)
+    (main_run, _), (dpo_run, relabel) = q.benches["hh-harmless"]
+    assert "dpo" not in main_run.methods and dpo_run.methods == ["base"] and relabel == {"base": "dpo"}
+    assert dpo_run.model == f"smollm2-135m-instruct+adapter:{next(iter(q.dpo))}"
+    assert q.guides == {"hh-harmless": "harmless", "harmbench": "harmless", "truthfulqa": "truthfulness-rm",
+                        "mt-bench": "judge"}
