@@ -20,7 +20,14 @@ import json
 import torch
 
 from dgalign.config import apply_overrides
-from dgalign.eval.exact import empirical, enumerate_completions, exact_rewards, tilted, toy_reward, tv_distance
+from dgalign.eval.exact import (
+    empirical,
+    enumerate_completions,
+    exact_rewards,
+    tilted,
+    toy_reward,
+    tv_distance,
+)
 from dgalign.lm.toy import ToyLM
 from dgalign.samplers import SAMPLERS, get_sampler
 from dgalign.types import Prompts
@@ -28,8 +35,9 @@ from dgalign.types import Prompts
 CONFIGS = [
     ("base", {}),
     ("vgd", {"value": "exact", "top_m": "0"}),
-    *[("dga", {"value": "exact", "steps": str(t)}) for t in (4, 8, 16, 30)],
-    *[("dga", {"value": "exact", "steps": str(t), "rounding": "prior"}) for t in (4, 8, 30)],
+    *[("dga", {"value": "exact", "steps": str(t)}) for t in (1, 4, 8, 30)],
+    *[("dga", {"value": "exact", "steps": str(t), "reverse": "mean"}) for t in (4, 8, 16, 30)],
+    *[("dga", {"value": "exact", "steps": str(t), "rounding": "prior", "reverse": "mean"}) for t in (4, 30)],
     ("dga", {"value": "exact", "particles": "16"}),
 ]
 
@@ -54,7 +62,7 @@ def main() -> None:
     target, log_z = tilted(enum.logp, rewards, args.beta)
     out = {"target": {"reward": float((target * rewards).sum()), "kl": kl(target, base), "log_z": log_z,
                       "base_reward": float((base * rewards).sum())}, "rows": []}
-    boot = torch.Generator().manual_seed(args.seed + 1)
+    torch.manual_seed(args.seed + 1)  # the bootstrap draws
     for method, sets in CONFIGS:
         if method not in SAMPLERS:
             continue

@@ -1,9 +1,13 @@
 """One block's reverse chain of DGA (§2.2–2.4, 2.7): x_T → x̂_0 over each position's candidates.
 
-`reverse_chain` runs T (or, from a draft, round(t0·T)) guided DDPM steps on every (row, position)
+`Chain.run` runs T (or, from a draft, round(t0·T)) guided DDPM steps on every (row, position)
 pair of a block at once. For k > 1 each step first peeks the LM on the block rounded so far, which
 gives positions j ≥ 1 their p_θ(· | prefix ⊕ ŷ_<j), hidden state and twist (Jacobi-style refinement:
-one parallel LM pass per step). What it returns is what the rounding needs: the final posterior
+one parallel LM pass per step). Each step is the DDPM posterior q(x_{t−1} | x_t, x_0) with x_0 either
+the posterior mean x̂_0 plus the guidance γ_t·ĝ (`reverse=mean`, the paper's kernel), or a token drawn
+from the tilted posterior π(v | x_t)·e^{ψ_v} (`reverse=sample`): since x_0 is one of the m candidate
+embeddings, drawing it and then x_{t−1} from q(· | x_t, e_v) is an exact ancestral step of the
+tilted process at any step size, where the mean form is exact only as T → ∞. What it returns is what the rounding needs: the final posterior
 over the candidates at x_1 and the twist there.
 """
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...ops import gather, randn
+from ...ops import gather, randn, sample_logprobs
 from ...types import LM, DecodeState
 from .denoiser import Candidates, candidates, ddpm_mean_var, posterior_logits, tweedie
 from .kernel import GuideInputs, analytic, finite_difference, perturb, value_gradient
@@ -35,6 +39,7 @@ class ChainOut:
     psi: torch.Tensor | None  # (R·k, m) the twist at the last step, if there is one
     guess: torch.Tensor  # (R, k) the block rounded to its likeliest candidates
     peeked: tuple | None  # (tokens (R, k−1), logits, hidden) of the last LM peek (k > 1)
+    guided: bool = True  # whether the chain targeted the tilted process (grad ≠ none), so rounding tilts too
 
 
 @dataclass
@@ -68,23 +73,36 @@ class Chain:
             t_frac = torch.full((flat,), t / cfg.steps, device=dev)
             extra = nets.correction(x, t_frac, hid) if nets is not None else None
             log_pi = posterior_logits(x, abar, cand, extra)
-            x0 = tweedie(log_pi, cand)
-            if k > 1:  # round x̂_0 to its likeliest candidate: the block the LM reads next step
-                guess = gather(cand.ids, log_pi.argmax(-1)).view(rows, k)
+            drawn = None
+            if cfg.reverse == "sample":  # x_0 drawn from the (tilted) posterior: exact for any T given π and ψ
+                tilt = self.grad == "analytic" and psi is not None
+                drawn = sample_logprobs((log_pi + psi).log_softmax(-1) if tilt else log_pi, generator)  # (R·k,)
+                x0 = gather_rows(cand.emb, drawn)
+            else:
+                x0 = tweedie(log_pi, cand)
+            if k > 1:  # ŷ: the block the LM reads next step (the drawn x_0, or x̂_0's likeliest candidate)
+                guess = gather(cand.ids, drawn if drawn is not None else log_pi.argmax(-1)).view(rows, k)
             if abar_prev is None:  # 2.4: adaptive β_t from the standardised predicted reward
                 r_hat = predicted_reward(nets, psi, log_pi, x, t_frac, hid)
                 self.stats.update(r_hat)
                 abar_prev = adaptive_abar_prev(abar, abars, t, self.stats.standardise(r_hat), cfg.adaptive_lambda,
                                                cfg.adaptive_clip)
             mean, var = ddpm_mean_var(x, x0, abar, abar_prev)  # 2.2: μ_φ, Σ_φ
-            inputs = GuideInputs(x, abar, t_frac, cand, log_pi, hid, psi, cfg.beta)
-            ghat = guide(self.grad, inputs, nets, cfg, reward_of, generator)  # 2.3: ĝ
-            gamma = ((1 - abar / abar_prev) / (abar / abar_prev).sqrt()).float()[:, None]  # β_t/√α_t
-            x = mean + cfg.guidance_scale * gamma * ghat
+            if drawn is None or self.grad not in ("analytic", "none"):  # in `sample`, analytic's tilt is in the draw
+                inputs = GuideInputs(x, abar, t_frac, cand, log_pi, hid, psi, cfg.beta)
+                ghat = guide(self.grad, inputs, nets, cfg, reward_of, generator)  # 2.3: ĝ
+                gamma = ((1 - abar / abar_prev) / (abar / abar_prev).sqrt()).float()[:, None]  # β_t/√α_t
+                mean = mean + cfg.guidance_scale * gamma * ghat
+            x = mean
             if t > 1:
                 x = x + var.sqrt() * randn(x.shape, x, generator)
             abar = abar_prev
-        return ChainOut(x0, cand, hid, log_pi, psi, guess, peeked)
+        return ChainOut(x0, cand, hid, log_pi, psi, guess, peeked, self.grad != "none")
+
+
+def gather_rows(emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """emb[b, index[b]] of candidate embeddings (B, m, D) -> (B, D)."""
+    return emb[torch.arange(len(index), device=index.device), index]
 
 
 def block_candidates(first: Candidates, hidden0: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor,

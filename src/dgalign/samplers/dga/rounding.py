@@ -41,8 +41,8 @@ class Rounded:
 
 def rounding_law(out: ChainOut, cfg, abar_1: float) -> torch.Tensor:
     """log ρ(v | chain) over each position's candidates, (R·k, m)."""
-    if cfg.rounding == "posterior":
-        return out.log_pi if out.psi is None else (out.log_pi + out.psi).log_softmax(-1)
+    if cfg.rounding == "posterior":  # the tilted posterior when the chain ran the tilted process (grad ≠ none)
+        return out.log_pi if out.psi is None or not out.guided else (out.log_pi + out.psi).log_softmax(-1)
     tau2 = cfg.round_tau**2 if cfg.round_tau > 0 else (1 - abar_1) / abar_1
     return (out.cand.logp - sq_dist(out.x0, out.cand) / (2 * tau2)).log_softmax(-1)
 

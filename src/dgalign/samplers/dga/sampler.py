@@ -47,13 +47,14 @@ INITS = ("noise", "draft")
 GRADS = ("analytic", "value", "perturb", "fd", "proposal", "none")  # guidance estimators (kernel.py)
 VALUES = ("auto", "learned", "exact", "none")
 ROUNDINGS = ("posterior", "prior")
+REVERSES = ("sample", "mean")
 TAILS = ("base", "drop")
 
 
 @dataclass
 class DGAConfig(SamplerConfig):
     checkpoint: str = ""  # directory written by `dgalign train`; empty: exact-Tweedie denoiser, `fd` guidance
-    steps: int = 30  # T, reverse diffusion steps per block (30: fast mode within MC noise of exact on the toy)
+    steps: int = 4  # T, reverse steps per block; with reverse=sample the law is exact at any T (toy), so few suffice
     schedule: str = "cosine"  # base noise schedule: cosine | linear
     block: int = 1  # k, tokens per diffusion block (1 = token level; = max_new_tokens: sentence level)
     top_m: int = 64  # candidates per position (the top-m of p_θ); 0 = the whole vocabulary
@@ -65,6 +66,7 @@ class DGAConfig(SamplerConfig):
     value: str = "auto"  # twist ψ: learned (checkpoint) | exact (toy only, by enumeration) | none; auto: learned if any
     adaptive_lambda: float = 0.0  # λ of §2.4: β_t·exp(−λ r̂(x_t)); 0 = fixed schedule
     adaptive_clip: float = 2.0  # clip of the standardised r̂ in §2.4
+    reverse: str = "sample"  # sample: x_0 drawn from the tilted posterior (exact at any T) | mean: x̂_0 + γ·ĝ (the paper)
     rounding: str = "posterior"  # posterior: draw from the chain's final tilted posterior | prior: the paper's ρ ∝ p_θ·N(x̂_0)
     tail: str = "base"  # k = 1: tokens outside the top-m keep their base probability (base) or are dropped (drop)
     round_tau: float = 0.0  # prior rounding's temperature τ; 0 = the final step's noise scale √(1−ᾱ_1)/√ᾱ_1
@@ -81,6 +83,7 @@ class DGAConfig(SamplerConfig):
         check_choice("grad estimator", self.grad, ("auto", *GRADS))
         check_choice("value", self.value, VALUES)
         check_choice("rounding", self.rounding, ROUNDINGS)
+        check_choice("reverse step", self.reverse, REVERSES)
         check_choice("tail", self.tail, TAILS)
         check_range("top_m", self.top_m, 0)
         check_range("t0", self.t0, 0, 1)

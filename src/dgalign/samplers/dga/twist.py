@@ -64,9 +64,11 @@ class ExactToyTwist(Twist):
         self.tables: dict[int, ExactToyValue] = {}
 
     def table(self, i: int) -> ExactToyValue:
-        if i not in self.tables:
+        if i not in self.tables:  # the enumeration is ground truth, not the sampler's compute: not counted
+            spent = self.lm.forward_tokens
             self.tables[i] = ExactToyValue(self.lm, self.reward, self.prompts.texts[i], self.prompts.ids[i],
                                            self.max_new_tokens, self.beta)
+            self.lm.forward_tokens = spent
         return self.tables[i]
 
     def __call__(self, prompt_of_row, prefixes, hidden, ids):
