@@ -157,6 +157,12 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, tiny_llama, mon
     yaml_path = _yaml(tmp_path, TINY.format(model=tiny_llama))
     out, work = tmp_path / "results", tmp_path / "work"
     args = ["experiment", yaml_path, "--out", str(out), "--work", str(work)]
+    res = CliRunner().invoke(app, [*args, "--runs", "nosuch"])
+    assert isinstance(res.exception, DGAlignError) and "no run 'nosuch'" in str(res.exception)
+    res = CliRunner().invoke(app, [*args, "--runs", "hh"])  # one run first: the report covers both
+    assert res.exit_code == 0, res.output
+    assert "## rtp\n\nNo rows yet." in (out / "report.md").read_text()
+    assert json.loads((out / "manifest.json").read_text())["invocations"][0]["ran"] == ["bench hh", "judge hh"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
@@ -165,8 +171,9 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, tiny_llama, mon
     assert "judge harmlessness: win / tie / loss" in report  # hh-harmless's pairwise judge vs base
     assert {"versions", "machine", "invocations", "steps", "artifacts"} <= set(manifest)
     assert manifest["machine"]["cpu_count"] and manifest["versions"]["torch"]
-    ran = manifest["invocations"][0]["ran"]
-    assert any(s.startswith("train dga rtp-toxic") for s in ran) and "bench rtp" in ran and "judge hh" in ran
+    ran = manifest["invocations"][1]["ran"]
+    assert any(s.startswith("train dga rtp-toxic") for s in ran) and "bench rtp" in ran and "time rtp" in ran
+    assert "bench hh" not in ran
     (ckpt,) = manifest["artifacts"]["dga"]
     assert (Path(ckpt) / "dga.json").is_file() and "--skip 400" in (Path(ckpt) / "TRAIN_COMMAND").read_text()
     rows = [json.loads(line) for line in (work / "tiny" / "rtp" / "rtp-toxic.jsonl").read_text().splitlines()]
@@ -182,7 +189,7 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, tiny_llama, mon
     res = CliRunner().invoke(app, args)  # again: everything is there, nothing is redone
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["invocations"]) == 2 and manifest["invocations"][1]["ran"] == []
+    assert len(manifest["invocations"]) == 3 and manifest["invocations"][2]["ran"] == []
     after = _tree(work)
     changed = {k for k in after if before.get(k) != after[k]}
     assert all(Path(k).name in ("report.md", "summary.json") or "plots" in k for k in changed), changed

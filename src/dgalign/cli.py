@@ -687,6 +687,8 @@ def experiment(
         "runs/experiments"),
     data_dir: Annotated[str | None, typer.Option(help="Benchmark data directory (sets $DGALIGN_DATA).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only read and check the YAML, print its runs.")] = False,
+    runs: Annotated[str | None, typer.Option(help="Comma-separated run ids: do only these (the report covers all; "
+                                                  "split a long experiment over several sittings).")] = None,
 ) -> None:
     """Run one experiment end to end: train what it needs, bench, judge, time, report (resumable)."""
     import os
@@ -703,7 +705,8 @@ def experiment(
         return
     from .experiment.runner import run_all
 
-    path = run_all(exp, Path(out or f"docs/results/{exp.name}"), Path(work), argv=sys.argv)
+    only = [r.strip() for r in runs.split(",") if r.strip()] if runs is not None else None
+    path = run_all(exp, Path(out or f"docs/results/{exp.name}"), Path(work), argv=sys.argv, only=only)
     typer.echo(f"wrote {path} (plots, summary.json and manifest.json beside it)")
 
 

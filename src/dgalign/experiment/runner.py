@@ -201,8 +201,10 @@ def bench_done(cfg: BenchConfig) -> bool:
     return all((i, m.label, s) in done for i in range(len(p.prompts)) for m in p.methods for s in cfg.seeds)
 
 
-def run_all(exp: Experiment, out: Path, work: Path, *, argv: list[str] | None = None, progress: bool = True) -> Path:
-    """Run (or resume) the experiment; returns OUT/report.md."""
+def run_all(exp: Experiment, out: Path, work: Path, *, argv: list[str] | None = None, progress: bool = True,
+            only: list[str] | None = None) -> Path:
+    """Run (or resume) the experiment, or only the runs `only` names (the report still covers them all); returns
+    OUT/report.md."""
     from ..config import check_out_dir
     from ..eval.harness import run_bench
     from ..eval.report import write_report
@@ -211,6 +213,10 @@ def run_all(exp: Experiment, out: Path, work: Path, *, argv: list[str] | None = 
 
     check_out_dir(out, "--out")
     check_out_dir(work, "--work")
+    unknown = sorted(set(only or ()) - {r.id for r in exp.runs})
+    if unknown:
+        raise DGAlignError(f"--runs: no run {unknown[0]!r} in {exp.name}; its runs: {', '.join(r.id for r in exp.runs)}")
+    full, exp = exp, dataclasses.replace(exp, runs=[r for r in exp.runs if only is None or r.id in only])
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -274,7 +280,7 @@ def run_all(exp: Experiment, out: Path, work: Path, *, argv: list[str] | None = 
     invocation["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest.update(versions=_all_versions(versions()), machine=machine(), data_dir=str(_data_dir()))
     write_atomic(manifest_path, json.dumps(manifest, indent=2))
-    return write_experiment_report(exp, p, out, manifest)
+    return write_experiment_report(full, plan(full, work), out, manifest)
 
 
 def _data_dir() -> Path:
