@@ -32,7 +32,8 @@ def score(spec: str, completions: list[str]) -> torch.Tensor:
 def test_table_describes_every_reward_and_names_importable_factories():
     rows = describe_rewards()
     assert [row["name"] for row in rows] == list(REWARDS)
-    assert all(set(row) == {"name", "range", "description"} and row["description"] for row in rows)
+    assert all(set(row) == {"name", "range", "description", "reads_references"} and row["description"] for row in rows)
+    assert [row["name"] for row in rows if row["reads_references"]] == ["truthfulness"]  # the answer key: gold only
     assert all(info.factory.count(":") == 1 for info in REWARDS.values())
 
 
