@@ -96,7 +96,8 @@ def efficiency_section(path: Path) -> tuple[list[str], dict]:
                       f"{peak:.0f}", _pm(stats["energy_j_per_answer"], None)])
     text = ["### Efficiency\n", "One sampler call per cell on `batch` prompts, the bench's settings; peak memory is "
             "the resident memory above the call's start (CUDA: the allocator's peak); energy = CPU s × "
-            f"{metrics.WATTS_PER_CORE:g} W / batch.\n",
+            f"{metrics.WATTS_PER_CORE:g} W / batch. `dpo` is not timed apart: its LoRA is merged into the weights, so it "
+            "decodes as `base` does.\n",
             _table(["method", "batch", "latency s", "tokens/s", "peak MB", "energy J / answer"], lines)]
     return text, out
 
