@@ -71,7 +71,7 @@ class Chain:
                 psi = psi_of(cand, hid, guess)
             abar_prev = abars[t - 1].expand(flat).clone() if cfg.adaptive_lambda == 0 else None
             t_frac = torch.full((flat,), t / cfg.steps, device=dev)
-            extra = nets.correction(x, t_frac, hid) if nets is not None else None
+            extra = nets.correction(x, t_frac, hid) if nets is not None and cfg.denoiser == "learned" else None
             log_pi = posterior_logits(x, abar, cand, extra)
             drawn = None
             if cfg.reverse == "sample":  # x_0 drawn from the (tilted) posterior: exact for any T given π and ψ

@@ -48,6 +48,7 @@ GRADS = ("analytic", "value", "perturb", "fd", "proposal", "none")  # guidance e
 VALUES = ("auto", "learned", "exact", "none")
 ROUNDINGS = ("posterior", "prior")
 REVERSES = ("sample", "mean")
+DENOISERS = ("learned", "exact")
 TAILS = ("base", "drop")
 
 
@@ -66,6 +67,7 @@ class DGAConfig(SamplerConfig):
     value: str = "auto"  # twist ψ: learned (checkpoint) | exact (toy only, by enumeration) | none; auto: learned if any
     adaptive_lambda: float = 0.0  # λ of §2.4: β_t·exp(−λ r̂(x_t)); 0 = fixed schedule
     adaptive_clip: float = 2.0  # clip of the standardised r̂ in §2.4
+    denoiser: str = "learned"  # learned: the checkpoint's g_φ corrects the posterior | exact: g_φ = 0 (exact Tweedie)
     reverse: str = "sample"  # sample: x_0 drawn from the tilted posterior (exact at any T) | mean: x̂_0 + γ·ĝ (the paper)
     rounding: str = "posterior"  # posterior: draw from the chain's final tilted posterior | prior: the paper's ρ ∝ p_θ·N(x̂_0)
     tail: str = "base"  # k = 1: tokens outside the top-m keep their base probability (base) or are dropped (drop)
@@ -84,6 +86,7 @@ class DGAConfig(SamplerConfig):
         check_choice("value", self.value, VALUES)
         check_choice("rounding", self.rounding, ROUNDINGS)
         check_choice("reverse step", self.reverse, REVERSES)
+        check_choice("denoiser", self.denoiser, DENOISERS)
         check_choice("tail", self.tail, TAILS)
         check_range("top_m", self.top_m, 0)
         check_range("t0", self.t0, 0, 1)
