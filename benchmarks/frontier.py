@@ -48,7 +48,7 @@ TASKS = {
     "toxicity": ("rtp-toxic", (500, 600), "toxicity", "toxicity-gold"),
     "sentiment": ("imdb-open", (100, 200), "sentiment", "sentiment-gold"),
 }
-TRAIN_ROWS = {"toxicity": "rtp-toxic rows 600..799", "sentiment": "imdb-open rows 0..79"}
+TRAIN_ROWS = {"toxicity": "rtp-toxic rows 600..799", "sentiment": "imdb-open rows 0..79"}  # tuning: 400..459, 80..99
 
 
 def grid(kind: str, ck: str) -> list[tuple[str, str, dict]]:
@@ -58,14 +58,15 @@ def grid(kind: str, ck: str) -> list[tuple[str, str, dict]]:
     cells = [("base", "base", {})]
     cells += [(f"bon-{n}", "bon", {"n": n}) for n in ((2, 4, 8) if kind == "quick" else (2, 4, 8, 16))]
     cells += [(f"smc-{p}", "smc", {"particles": p, **smc}) for p in ((4,) if kind == "quick" else (2, 4, 8))]
-    cells += [(f"vgd-b{b:g}", "vgd", {"beta": b, **value}) for b in ((4.0,) if kind == "quick" else (2.0, 4.0, 8.0))]
+    cells += [(f"vgd-b{b:g}", "vgd", {"beta": b, **value}) for b in ((4.0, 8.0) if kind == "quick" else (2.0, 4.0, 8.0))]
     cells += [(f"cd-block-K{k}", "cd-block", {"drafts": k, "block": 4, **value})
               for k in ((2,) if kind == "quick" else (2, 4))]
     dga = [(1, 4), (4, 2), (4, 4)] if kind == "quick" else [(k, t) for k in (1, 4, 8) for t in (4, 8, 16, 30)]
     cells += [(f"dga-k{k}-T{t}", "dga", {"block": k, "steps": t, **value}) for k, t in dga]
+    cells += [("dga-k1-T4-g0", "dga", {"block": 1, "steps": 4, "denoiser": "exact", **value})]
     cells += [("dga-paper", "dga", {"steps": 30, "reverse": "mean", "rounding": "prior", "tail": "drop", **value})]
-    if kind == "full":
-        cells += [(f"dga-b{b:g}", "dga", {"beta": b, "block": 1, "steps": 4, **value}) for b in (2.0, 8.0)]
+    cells += [(f"dga-b{b:g}", "dga", {"beta": b, "block": 1, "steps": 4, **value})
+              for b in ((8.0,) if kind == "quick" else (2.0, 8.0))]
     return cells
 
 
