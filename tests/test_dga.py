@@ -206,8 +206,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
 # together, so noise alone would show such a gap with probability < 2·10⁻³ (same seed). grad=perturb pulls
 # weakly (TV ≈ 0.50), hence its 8000 answers; value=none at k = 2 is the fd estimator (it overshoots the
 # reward, TV ≈ 0.41); particles=8 is exact mode, whose pooled answers carry more noise than the i.i.d.
-# tolerance says, far below its gap (TV ≈ 0.1). Worst margin over seeds 0–9 and 1000–1009: perturb 0.046
-# (k = 1) and 0.033 (k = 2), fd 0.076, draft 0.20 / 0.17, adaptive 0.23, analytic 0.34, particles=8 0.32.
+# tolerance says, far below its gap (TV ≈ 0.1). Worst margin over seeds 0–9 and 1000–1009 (defaults T = 4,
+# reverse=sample): perturb 0.117 (k = 1) and 0.095 (k = 2), fd 0.083, draft 0.20 / 0.16, adaptive 0.35,
+# analytic 0.35, particles=8 0.27.
 TOWARDS = [
     (1, {"grad": "perturb"}, 8000),
     (1, {"grad": "analytic"}, 1000),
