@@ -138,6 +138,9 @@ def measure(args) -> None:
                 "checkpoint": args.checkpoint, "grid": args.grid, "seeds": seeds, "model": args.model,
                 "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "command": "python benchmarks/frontier.py " + " ".join(args.argv)}
+    if (out_dir / "manifest.json").exists():  # a later pass (latency, target) keeps the commands before it
+        earlier = json.loads((out_dir / "manifest.json").read_text())
+        manifest["command"] = "; ".join(dict.fromkeys([*earlier["command"].split("; "), manifest["command"]]))
     save(out_dir / "manifest.json", manifest)
 
 
@@ -184,6 +187,22 @@ def summarise(task_dir: Path) -> list[dict]:
     return rows
 
 
+DEFAULT = "dga-k1-T4"  # DGA's default configuration (block 1, T = 4, reverse=sample, posterior rounding, tail=base)
+
+
+def paired(task_dir: Path, a: str, b: str, key: str = "gold") -> tuple[float, float, float] | None:
+    """Mean over prompts of (a − b) in `key`, each prompt averaged over the seeds both ran, with its 95 % t-interval."""
+    runs = {}
+    for label in (a, b):
+        runs[label] = {json.loads(f.read_text())["seed"]: json.loads(f.read_text())[key]
+                       for f in task_dir.glob(f"{label}-s*.json")}
+    seeds = sorted(set(runs[a]) & set(runs[b]))
+    if not seeds:
+        return None
+    n = len(runs[a][seeds[0]])
+    return t_interval([statistics.fmean(runs[a][s][i] - runs[b][s][i] for s in seeds) for i in range(n)])
+
+
 def target_point(task_dir: Path, beta: float, base_proxy: list[float]) -> dict | None:
     f = task_dir / "target.json"
     if not f.exists():
@@ -207,7 +226,7 @@ def report(root: Path) -> None:
     import matplotlib.pyplot as plt
 
     lines = ["# DGA's frontier: reward against KL, latency and LM compute, held-out prompts", ""]
-    for task_dir in sorted(p for p in (root / "raw").iterdir() if p.is_dir()):
+    for task_dir in sorted(p for p in (root / "raw").iterdir() if (p / "manifest.json").is_file()):
         man = json.loads((task_dir / "manifest.json").read_text())
         rows = summarise(task_dir)
         base_runs = sorted(task_dir.glob("base-s*.json"))
@@ -231,6 +250,14 @@ def report(root: Path) -> None:
                           f"E[r] = {tgt['reward']:.3f} (proxy gain over plain on those prompts {gain:+.3f}), "
                           f"gold {tgt['gold']:.3f}, KL(p_r‖p_θ) = β·E[r] − log Z = {tgt['kl']:.2f} nats "
                           f"({tgt['wall_s']:.0f} s)."]
+        labels = sorted(r["label"] for r in rows if r["label"] != DEFAULT)
+        if any(r["label"] == DEFAULT for r in rows):
+            lines += ["", f"DGA's default (`{DEFAULT}`) minus each method, paired by prompt (each prompt's difference "
+                          "averaged over seeds; 95 % t-interval over prompts; resolved when the interval excludes 0):", "",
+                      "| vs | gold: default − method | proxy: default − method |", "|---|---|---|"]
+            for label in labels:
+                gold_d, proxy_d = paired(task_dir, DEFAULT, label), paired(task_dir, DEFAULT, label, "proxy")
+                lines.append(f"| {label} | {fmt(gold_d)} | {fmt(proxy_d)} |")
         lines.append("")
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
         for ax, key, xlabel in zip(axes, ("kl", "latency_x", "tokens_x"),
