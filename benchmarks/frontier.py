@@ -71,6 +71,7 @@ def grid(kind: str, ck: str) -> list[tuple[str, str, dict]]:
 
 
 def run_cell(lm, guide, prompts, method, settings, beta, tokens, seed):
+    """One sampler call; `settings` may override the task's `beta`."""
     sampler, cfg = get_sampler(method)
     cfg = apply_overrides(cfg, {"max_new_tokens": str(tokens), "num_samples": "1", "beta": str(beta),
                                 **{k: str(v) for k, v in settings.items()}})
@@ -79,7 +80,7 @@ def run_cell(lm, guide, prompts, method, settings, beta, tokens, seed):
     return out, time.perf_counter() - start
 
 
-def kl_of(out, settings) -> tuple[float | None, str]:
+def kl_of(out) -> tuple[float | None, str]:
     if out.kl_to_base is not None:
         return out.kl_to_base, "estimate"
     if out.kl_bound is not None:
@@ -106,12 +107,11 @@ def measure(args) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     todo = [(c, s) for c in cells for s in seeds if not (out_dir / f"{c[0]}-s{s}.json").exists()]
     for (label, method, settings), seed in tqdm(todo, desc=f"frontier {args.task}", unit="cell"):
-        beta = settings.get("beta", args.beta)
-        out, wall = run_cell(lm, guide, prompts, method, {k: v for k, v in settings.items() if k != "beta"}, beta,
-                             args.max_new_tokens, seed)
-        kl, kind = kl_of(out, settings)
+        out, wall = run_cell(lm, guide, prompts, method, settings, args.beta, args.max_new_tokens, seed)
+        kl, kind = kl_of(out)
         save(out_dir / f"{label}-s{seed}.json", {
-            "label": label, "method": method, "settings": settings, "beta": beta, "seed": seed,
+            "label": label, "method": method, "settings": settings, "beta": settings.get("beta", args.beta),
+            "seed": seed,
             "proxy": out.rewards.tolist(), "gold": gold(texts, out.texts).tolist(), "kl": kl, "kl_kind": kind,
             "log_z": out.log_z.tolist() if out.log_z is not None else None,
             "lm_forward_tokens": out.cost.lm_forward_tokens, "reward_calls": out.cost.reward_calls, "wall_s": wall,
@@ -122,9 +122,7 @@ def measure(args) -> None:
         for i in tqdm(range(args.latency_prompts), desc="batch-1 latency", unit="prompt"):
             one = Prompts([texts[i]], [prompts.ids[i]])
             for label, method, settings in cells:  # interleaved, so every method sees the same machine state
-                beta = settings.get("beta", args.beta)
-                _, wall = run_cell(lm, guide, one, method, {k: v for k, v in settings.items() if k != "beta"}, beta,
-                                   args.max_new_tokens, 0)
+                _, wall = run_cell(lm, guide, one, method, settings, args.beta, args.max_new_tokens, 0)
                 lat[label].append(wall)
         save(out_dir / "latency.json", lat)
     if args.target_prompts and not (out_dir / "target.json").exists():
@@ -195,8 +193,8 @@ def paired(task_dir: Path, a: str, b: str, key: str = "gold") -> tuple[float, fl
     """Mean over prompts of (a − b) in `key`, each prompt averaged over the seeds both ran, with its 95 % t-interval."""
     runs = {}
     for label in (a, b):
-        runs[label] = {json.loads(f.read_text())["seed"]: json.loads(f.read_text())[key]
-                       for f in task_dir.glob(f"{label}-s*.json")}
+        cells = [json.loads(f.read_text()) for f in task_dir.glob(f"{label}-s*.json")]
+        runs[label] = {cell["seed"]: cell[key] for cell in cells}
     seeds = sorted(set(runs[a]) & set(runs[b]))
     if not seeds:
         return None
@@ -298,6 +296,9 @@ def report(root: Path) -> None:
         fig.savefig(root / f"{task_dir.name}.png", dpi=110)
         plt.close(fig)
         lines += [f"![{task_dir.name}]({task_dir.name}.png)", ""]
+    notes = root / "notes.md"  # hand-written context (checks, checkpoints, wall time), kept across regenerations
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     (root / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

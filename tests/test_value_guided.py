@@ -31,7 +31,9 @@ Z = stats.norm.ppf(1 - DELTA)  # one-sided normal quantile for a difference of m
 def toy_checkpoint(tmp_path_factory):
     """An untrained DGA checkpoint for the toy whose value head favours token 0 ("a"): a learned twist, no LM calls."""
     path = tmp_path_factory.mktemp("vgd") / "ck"
-    nets = DGANets.fresh(8, 8, 4, width=16, meta={"model": "toy"})
+    with torch.random.fork_rng():  # the nets' init draws from the global RNG: fixed here, whatever ran before
+        torch.manual_seed(0)
+        nets = DGANets.fresh(8, 8, 4, width=16, meta={"model": "toy"})
     with torch.no_grad():
         nets.value.token_bias.weight.copy_(torch.tensor([[0.5], [0.0], [-0.5], [0.0]]))
     nets.save(path)

@@ -8,7 +8,7 @@ top-k / top-p) and its log-weight gains
 
 with a twist ψ_t ≈ log E_p[exp(β r) | y_≤t] (ψ_0 = 0): β·r of the partial text, a DGA checkpoint's value
 head or the toy's exact soft value (these two read at the hidden state before y_t, on y_t). With
-proposal=twisted, q is value-guided decoding's step law (`vgd.step_law`, q ∝ p·e^ψ on the top-m, the
+proposal=twisted, q is value-guided decoding's step law (`dga.twist.step_law`, q ∝ p·e^ψ on the top-m, the
 tail untilted); with the exact value over the whole vocabulary the increments (1) are then constant,
 so any number of particles samples p_r exactly. A particle that finishes (EOS or the length
 limit) gains the final correction β r(c, y) − ψ_{t−1} instead and keeps its weight from then on (2).

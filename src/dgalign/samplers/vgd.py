@@ -26,7 +26,7 @@ from ..config import check_choice, check_range
 from ..cost import Meter
 from ..types import LM, Prompts, Reward, SamplerConfig, Samples
 from .common import pack, prefill, score
-from .dga.twist import Twist, build_twist
+from .dga.twist import Twist, build_twist, step_law
 from .rollout import rollout
 
 VALUES = ("learned", "exact")
@@ -45,18 +45,6 @@ class VGDConfig(SamplerConfig):
         check_choice("value", self.value, VALUES)
         check_range("top_m", self.top_m, 0)
         check_choice("tail", self.tail, TAILS)
-
-
-def step_law(prop: torch.Tensor, top: torch.Tensor, psi: torch.Tensor, tail: str = "base") -> torch.Tensor:
-    """log q (b, V) of (1)–(3) from the proposal's log-probs `prop` (b, V), the candidates S `top` (b, m) and
-    their twists ψ `psi` (b, m)."""
-    lp = prop.gather(-1, top)  # (b, m) log p(u), u ∈ S
-    log_m = torch.logsumexp(lp, -1, keepdim=True)  # (b, 1) log M   (1)
-    psi_bar = torch.logsumexp(lp - log_m + psi, -1, keepdim=True)  # (b, 1)   (2)
-    inside = lp + psi - psi_bar  # (b, m) log q on S, whose mass stays M   (3)
-    if tail == "drop":
-        return torch.full_like(prop, float("-inf")).scatter(-1, top, inside - log_m)
-    return prop.scatter(-1, top, inside)
 
 
 def tilt(twist: Twist, prompt_of_row: list[int], prefixes: list[list[int]], hidden: torch.Tensor,

@@ -147,18 +147,20 @@ def collect(lm: LM, reward: Reward, prompts: Prompts, cfg: TrainConfig, generato
             live = hit.any(-1).nonzero().squeeze(-1)  # (n,)
             rows, cand = step.rows[live], step.top_ids[live]  # (n,), (n, m)
             taken = hit[live].float().argmax(-1)  # (n,) index of the drawn token among the candidates
-            picks = _score_picks(step.top_logp[live], taken, cfg.score_k, generator)  # (n, k)
-            texts = []
-            for r, vs in zip(rows.tolist(), cand.gather(1, picks).tolist() if _contrasts(cfg) else [], strict=False):
-                prefix = tuple(out.tokens[r][:t])
-                if prefix not in prefixes:
-                    prefixes[prefix] = lm.decode(list(prefix))
-                texts += [prefixes[prefix] + piece(v) for v in vs]
             cr = torch.full(cand.shape, float("nan"), device="cpu")  # (n, m): NaN where v was not scored
-            if texts:
-                scores = meter.score(reward, [prompt_of_row[r] for r in rows.tolist() for _ in range(picks.shape[1])],
-                                     texts)
-                cr.scatter_(1, picks, scores.view(picks.shape))
+            picks = _score_picks(step.top_logp[live], taken, cfg.score_k, generator)  # (n, k); drawn either way,
+            # so the rollouts' random stream does not depend on α_c
+            if _contrasts(cfg):  # score candidates on the partial text prefix ⊕ v (only the contrasts read them)
+                texts = []
+                for r, vs in zip(rows.tolist(), cand.gather(1, picks).tolist(), strict=True):
+                    prefix = tuple(out.tokens[r][:t])
+                    if prefix not in prefixes:
+                        prefixes[prefix] = lm.decode(list(prefix))
+                    texts += [prefixes[prefix] + piece(v) for v in vs]
+                if texts:
+                    scores = meter.score(reward, [prompt_of_row[r] for r in rows.tolist() for _ in range(picks.shape[1])],
+                                         texts)
+                    cr.scatter_(1, picks, scores.view(picks.shape))
             hs.append(step.hidden[live])
             ids.append(cand)
             lps.append(step.top_logp[live])

@@ -24,6 +24,7 @@ from ...ops import gather, rand, sample_logprobs
 from ...types import LM, DecodeState
 from .chain import ChainOut
 from .denoiser import Candidates, candidates, sq_dist
+from .twist import step_law
 
 
 @dataclass
@@ -47,7 +48,7 @@ def rounding_law(out: ChainOut, cfg, abar_1: float) -> torch.Tensor:
     return (out.cand.logp - sq_dist(out.x0, out.cand) / (2 * tau2)).log_softmax(-1)
 
 
-def round_token(out: ChainOut, log_rho: torch.Tensor, state: DecodeState, mix: float, tail: bool,
+def round_token(out: ChainOut, log_rho: torch.Tensor, state: DecodeState, mix: float, tail: str,
                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                            torch.Tensor | None]:
     """k = 1: one token per row from q = (1 − ε)·[M·ρ on the candidates, p_θ off them] + ε·p_θ.
@@ -58,23 +59,20 @@ def round_token(out: ChainOut, log_rho: torch.Tensor, state: DecodeState, mix: f
     cand = out.cand
     full = state.logits.float().log_softmax(-1)  # (R, V)
     cand_full = full.gather(1, cand.ids)  # (R, m) untruncated log p_θ of the candidates
-    log_mass = cand_full.logsumexp(-1, keepdim=True)  # log M
-    if tail:
-        inside = log_rho + log_mass
+    law = step_law(full, cand.ids, out.psi, tail) if out.psi is not None else None  # the twisted law (vgd's)
+    if tail == "base":
+        inside = log_rho + cand_full.logsumexp(-1, keepdim=True)  # ρ carries the candidates' base mass M
         if mix > 0:
             inside = torch.logaddexp(inside + math.log1p(-mix), cand_full + math.log(mix))
         log_q_all = full.scatter(1, cand.ids, inside)  # (R, V): the tail keeps p_θ
         tok = sample_logprobs(log_q_all, generator)
         log_q, log_p = gather(log_q_all, tok), gather(full, tok)
-        tilt = None
-        if out.psi is not None:
-            tilt = gather(full.scatter(1, cand.ids, (cand.logp + out.psi).log_softmax(-1) + log_mass), tok)
-        return tok, log_q, log_p, log_p, tilt
+        return tok, log_q, log_p, log_p, gather(law, tok) if law is not None else None
     log_q_all = torch.logaddexp(log_rho + math.log1p(-mix), cand.logp + math.log(mix)) if mix > 0 else log_rho
     pick = sample_logprobs(log_q_all, generator)
     tok = gather(cand.ids, pick)
-    tilt = gather((cand.logp + out.psi).log_softmax(-1), pick) if out.psi is not None else None
-    return tok, gather(log_q_all, pick), gather(cand.logp, pick), gather(full, tok), tilt
+    return tok, gather(log_q_all, pick), gather(cand.logp, pick), gather(full, tok), \
+        gather(law, tok) if law is not None else None
 
 
 def round_block(lm: LM, out: ChainOut, log_rho: torch.Tensor, state: DecodeState, cand0: Candidates,
@@ -87,7 +85,7 @@ def round_block(lm: LM, out: ChainOut, log_rho: torch.Tensor, state: DecodeState
     """
     rows = live.shape[0]
     if k == 1:
-        tok, log_q, log_p, base, tilt = round_token(out, log_rho, state, mix, cfg.tail == "base", generator)
+        tok, log_q, log_p, base, tilt = round_token(out, log_rho, state, mix, cfg.tail, generator)
         tok = torch.where(live, tok, eos[0])[:, None]
         return Rounded(tok, _kept(tok, live, eos), log_q, log_p, base, tilt, None)
     tok = gather(out.cand.ids, sample_logprobs(log_rho, generator)).view(rows, k)

@@ -76,11 +76,6 @@ class ExactToyTwist(Twist):
                 zip(prompt_of_row, prefixes, ids.tolist(), strict=True)]
         return torch.stack(rows).float().to(ids.device) if rows else torch.zeros(ids.shape, device=ids.device)
 
-    def prefix(self, prompt_of_row: list[int], prefixes: list[list[int]]) -> torch.Tensor:
-        """ψ(prefix) itself, (B,) (ψ of the empty prefix is log Z)."""
-        return torch.tensor([self.table(p).table[self.table(p)._cut(tuple(x))] for p, x in
-                             zip(prompt_of_row, prefixes, strict=True)], device="cpu")
-
 
 class ExactToyValue:
     """ψ(prefix) = log Σ_y p_θ(y | prefix)·exp(β r(c, prefix ⊕ y)), by recursion over the toy's tree.
@@ -113,6 +108,18 @@ class ExactToyValue:
             if tok in self.eos:
                 return prefix[: i + 1]
         return prefix
+
+
+def step_law(prop: torch.Tensor, top: torch.Tensor, psi: torch.Tensor, tail: str = "base") -> torch.Tensor:
+    """log q (b, V) of value-guided decoding's step (`vgd.py` (1)–(3): q = p·e^{ψ−ψ̄} on S, the tail untilted or dropped) from the proposal's log-probs `prop` (b, V), the candidates S `top` (b, m) and
+    their twists ψ `psi` (b, m)."""
+    lp = prop.gather(-1, top)  # (b, m) log p(u), u ∈ S
+    log_m = torch.logsumexp(lp, -1, keepdim=True)  # (b, 1) log M   (1)
+    psi_bar = torch.logsumexp(lp - log_m + psi, -1, keepdim=True)  # (b, 1)   (2)
+    inside = lp + psi - psi_bar  # (b, m) log q on S, whose mass stays M   (3)
+    if tail == "drop":
+        return torch.full_like(prop, float("-inf")).scatter(-1, top, inside - log_m)
+    return prop.scatter(-1, top, inside)
 
 
 @functools.lru_cache(maxsize=8)
