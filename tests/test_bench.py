@@ -72,6 +72,14 @@ def test_win_rate_pairs_by_key():
     assert metrics.win_rate(mine, base) == [1.0, 0.0, 0.5]  # (3, 0) has no base row
 
 
+def test_paired_difference_averages_seeds_within_a_prompt():
+    """The interval is over prompts: two seeds of one prompt are one observation, unpaired keys are dropped."""
+    mine = {(0, 0): 1.0, (0, 1): 3.0, (1, 0): 1.0, (1, 1): 1.0, (2, 0): 5.0, (3, 0): None}
+    base = {(0, 0): 0.0, (0, 1): 0.0, (1, 0): 0.0, (1, 1): 0.0, (3, 0): 1.0}
+    d = metrics.paired_difference(mine, base)
+    assert d["n"] == 2 and d["mean"] == pytest.approx(1.5)  # prompt 0: 2.0, prompt 1: 1.0; prompts 2, 3 unpaired
+    assert d["ci"] == pytest.approx(12.7062 * math.sqrt(0.5) / math.sqrt(2), rel=1e-4)  # t_{0.975, 1}
+
 def test_samplers_report_their_own_kl(toy):
     """Each sampler fills `Samples.kl_to_base` / `kl_bound` itself: the base is its own law only untruncated."""
     from dgalign.eval.exact import toy_reward

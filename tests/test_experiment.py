@@ -214,3 +214,18 @@ def test_the_plan_trains_one_checkpoint_per_model_suite_and_guide(tmp_path):
     assert dpo_run.model == f"smollm2-135m-instruct+adapter:{next(iter(q.dpo))}"
     assert q.guides == {"hh-harmless": "harmless", "harmbench": "harmless", "truthfulqa": "truthfulness-rm",
                         "mt-bench": "judge"}
+
+
+def test_the_gain_table_pairs_by_prompt_and_names_the_strongest_peer():
+    from dgalign.experiment.report import gain_section
+
+    gold = {"base": [0.0, 0.0], "bon:n=4": [0.5, 0.3], "soft-bon": [0.1, 0.1], "dga": [0.4, 0.6]}  # per prompt
+    rows = [{"method": m, "prompt_index": i, "seed": s, "gold": {"g": v[i] + 0.01 * s}, "error": None}
+            for m, v in gold.items() for i in range(2) for s in range(2)]
+    rows.append({"method": "dga", "prompt_index": 1, "seed": 0, "gold": {}, "error": "boom"})  # dropped
+    summary = {"base": "base", "methods": {m: {} for m in gold}}
+    text, out = gain_section(rows, summary, ["g"])
+    assert out["strongest_peer"] == "bon:n=4"  # mean gain 0.4 > soft-bon's 0.1
+    assert out["gain_vs_base"]["g"]["dga"]["mean"] == pytest.approx(0.5) and out["gain_vs_base"]["g"]["dga"]["n"] == 2
+    assert out["dga_vs_peer"]["dga"]["g"]["mean"] == pytest.approx(0.1)  # (−0.1 + 0.3) / 2
+    assert "`dga` − `bon:n=4`" in "".join(text)

@@ -163,6 +163,17 @@ def summarise(values: Sequence[float | None], level: float = 0.95) -> dict[str, 
     return {"n": len(xs), "mean": mean, "std": sd, "ci": half}
 
 
+def paired_difference(scores: dict, other: dict, level: float = 0.95) -> dict[str, float]:
+    """`summarise` of a − b paired by prompt: `scores` and `other` map (prompt, seed) to a value; each prompt's
+    difference is averaged over the seeds both have, so the interval is over prompts (the unit that varies)."""
+    by_prompt: dict = {}
+    for (prompt, seed), a in scores.items():
+        b = other.get((prompt, seed))
+        if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+            by_prompt.setdefault(prompt, []).append(a - b)
+    return summarise([sum(d) / len(d) for d in by_prompt.values()], level)
+
+
 def win_rate(scores: dict, base_scores: dict) -> list[float]:
     """Paired wins against base: 1 where higher, ½ on a tie, 0 where lower, over keys both have."""
     return [

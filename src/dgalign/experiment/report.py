@@ -71,6 +71,41 @@ def quality_section(run, s: dict, judged: dict, golds: list[str]) -> list[str]:
     return ["### Quality\n", _table(header, lines)]
 
 
+def _value(row: dict, gold: str) -> float | None:
+    """A row's gold: a reward's score, or `reference.KEY` (BLEU, ROUGE-L, BERTScore, TruthfulQA's diffs)."""
+    if gold in row["gold"]:
+        return row["gold"][gold]
+    return (row.get("reference") or {}).get(gold.removeprefix("reference."))
+
+
+def _by_key(rows: list[dict], label: str, gold: str) -> dict:
+    return {(r["prompt_index"], r["seed"]): _value(r, gold) for r in rows if r["method"] == label and not r.get("error")}
+
+
+def gain_section(rows: list[dict], s: dict, golds: list[str]) -> tuple[list[str], dict]:
+    """Each method's gold gain over base and DGA's over the strongest other method, paired by prompt (each
+    prompt's difference averaged over seeds; 95% t-interval over prompts). The strongest peer is the non-DGA
+    method with the largest mean gain on the first gold, chosen on these rows (so the comparison favours it)."""
+    base, labels = s["base"], [m for m in s["methods"] if m != s["base"]]
+    if base is None or not golds or not labels:
+        return [], {}
+    gains = {g: {m: metrics.paired_difference(_by_key(rows, m, g), _by_key(rows, base, g)) for m in labels}
+             for g in golds}
+    dga = [m for m in labels if m.split(":")[0] == "dga"]
+    peers = [m for m in labels if m not in dga and gains[golds[0]][m]["n"]]
+    peer = max(peers, key=lambda m: gains[golds[0]][m]["mean"]) if peers else None
+    vs_peer = {d: {g: metrics.paired_difference(_by_key(rows, d, g), _by_key(rows, peer, g)) for g in golds}
+               for d in dga} if peer else {}
+    lines = [[f"`{m}`", *(_pm(gains[g][m]) for g in golds)] for m in labels]
+    lines += [[f"`{d}` − `{peer}`", *(_pm(vs_peer[d][g]) for g in golds)] for d in vs_peer]
+    text = ["### Gold gain over base, paired by prompt\n",
+            f"Mean over prompts of (method − `{base}`), each prompt averaged over seeds, ± the 95% t half-width over "
+            "prompts" + (f"; the last row(s): DGA minus the strongest other method on `{golds[0]}` (`{peer}`, picked "
+                         "on these same rows, which favours the peer)" if peer else "") + ".\n",
+            _table(["method", *(f"Δ gold {g}" for g in golds)], lines)]
+    return text, {"gain_vs_base": gains, "strongest_peer": peer, "dga_vs_peer": vs_peer}
+
+
 def cost_section(s: dict) -> list[str]:
     methods = s["methods"]
     base_fwd = methods[s["base"]]["lm_forward_tokens"]["mean"] if s["base"] in methods else math.nan
@@ -173,8 +208,10 @@ def write_experiment_report(exp: Experiment, plan, out: Path, manifest: dict) ->
                  f"{run.n_prompts} held-out prompts · budget-matched {ident['budget_matched'] or 'no'} · "
                  f"bench {seconds / 60:.1f} min\n"]
         text += quality_section(run, s, judged, golds)
+        gain_text, gain = gain_section(rows, s, golds)
+        text += gain_text
         text += cost_section(s)
-        summary["runs"][run.id] = {"summary": s, "judge": {f"{m} {d}": v for (m, d), v in judged.items()}}
+        summary["runs"][run.id] = {"summary": s, "judge": {f"{m} {d}": v for (m, d), v in judged.items()}, **gain}
         if run.kind == "efficiency" and (Path(benches[0][0].out) / "efficiency.jsonl").exists():
             section, eff = efficiency_section(Path(benches[0][0].out) / "efficiency.jsonl")
             text += section
