@@ -2,7 +2,7 @@
 
 Two workloads: the toy LM (a row is ~1 ms of work) and a real model (SmolLM2-135M, plain sampling:
 a row is real compute, so the ratio is the scaling). Only the rows are timed: each runner loads its
-model and warms up first (`setup`), then the same grid runs through `harness.run_row`, here
+model and warms up first (`setup`), then the same grid runs through `harness.run_rows`, here
 (`LocalRows`, with torch's default threads and with one) or on actors of 1 CPU each (`RayRows`,
 where Ray sets one thread). A row's time on one Ray worker minus its time locally on one thread is
 what Ray adds per row: the call to the actor and the row back to the driver. Nothing is written:
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dgalign.cluster import RayOptions, connect
-from dgalign.eval.harness import BenchConfig, LocalRows, plan_bench
+from dgalign.eval.harness import BenchConfig, LocalRows, calls, plan_bench
 from dgalign.eval.ray_bench import ray_rows
 
 PROMPTS = ["Tell me about the sea.", "What is a good breakfast?", "Describe your favourite city.",
@@ -35,7 +35,8 @@ def rows_per_second(cfg: BenchConfig, runner) -> tuple[int, float]:
     plan = plan_bench(cfg)
     with closing(runner(plan)) as rows:
         rows.setup()
-        grid = [(i, m, s) for i in range(len(plan.prompts)) for m in plan.methods for s in plan.cfg.seeds]
+        grid = calls([(i, m, s) for i in range(len(plan.prompts)) for m in plan.methods for s in plan.cfg.seeds],
+                     plan.cfg.batch)
         start = time.perf_counter()
         n = sum(1 for row in rows.run(grid) if not row.get("error"))
         return n, time.perf_counter() - start

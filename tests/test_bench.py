@@ -165,7 +165,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(prompts_file, tmp_pat
     whole = read_rows(run_bench(toy_config(prompts_file, tmp_path / "whole"), progress=False))
 
     calls = {"n": 0}
-    real = harness.run_row
+    real = harness.run_rows
 
     def crash_after_five(*args, **kw):
         calls["n"] += 1
@@ -173,7 +173,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(prompts_file, tmp_pat
             raise KeyboardInterrupt  # not an Exception: ends the run like Ctrl-C, no row written
         return real(*args, **kw)
 
-    monkeypatch.setattr(harness, "run_row", crash_after_five)
+    monkeypatch.setattr(harness, "run_rows", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         run_bench(toy_config(prompts_file, tmp_path / "resumed"), progress=False)
     path = tmp_path / "resumed" / "toy-prompts.jsonl"
@@ -181,7 +181,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(prompts_file, tmp_pat
     with open(path, "a") as f:  # a kill in the middle of a write leaves a torn line
         f.write('{"suite": "toy-prompts", "prompt_in')
     assert len(read_rows(path)) == 5
-    monkeypatch.setattr(harness, "run_row", real)
+    monkeypatch.setattr(harness, "run_rows", real)
     run_bench(toy_config(prompts_file, tmp_path / "resumed"), progress=False)
     resumed = read_rows(path)
     assert len(resumed) == len(whole) == 3 * 3 * 2
@@ -247,6 +247,44 @@ def test_budget_matched_sets_the_knob(prompts_file, tmp_path):
     assert budget["bon"]["value"] > 1 and budget["smc"]["value"] != harness.resolve_methods(cfg)[2].cfg.particles
     with pytest.raises(DGAlignError, match="sets n itself"):
         run_bench(toy_config(prompts_file, tmp_path / "other", methods=["bon:n=8"], budget_matched=2.0))
+
+
+def test_batched_calls_split_their_cost_and_keep_each_answers_kl(prompts_file, tmp_path):
+    """batch = 2 over 3 prompts: calls of prompts (0, 1) and (2,); a call's cost is split over its rows, each row
+    keeps its own answer and KL term, and batch is part of the run's identity."""
+    cfg = toy_config(prompts_file, tmp_path / "run", methods=["base", "bon:n=3", "dga:particles=2"], batch=2)
+    rows = read_rows(run_bench(cfg, progress=False))
+    assert len(rows) == 3 * 3 * 2 and not any(r["error"] for r in rows)
+    assert {(r["prompt_index"], r["cost"]["batch"]) for r in rows} == {(0, 2), (1, 2), (2, 1)}
+    by = {_key(r): r for r in rows}
+    for m in ("base", "bon:n=3", "dga:particles=2"):
+        for s in (0, 1):
+            a, b = by[(0, m, s)], by[(1, m, s)]
+            assert a["cost"]["wall_s"] == b["cost"]["wall_s"] and a["cost"]["lm_forward_tokens"] == \
+                b["cost"]["lm_forward_tokens"]  # the call's, halved
+            assert a["cost"]["generated_tokens"] == a["num_tokens"]  # but each row's own tokens
+    assert all(r["kl"] == 0.0 for r in rows if r["method"] == "base")
+    dga = [r["kl"] for r in rows if r["method"] == "dga:particles=2"]
+    assert all(k is not None and math.isfinite(k) for k in dga) and len(set(dga)) > 1  # per answer, not per call
+    with pytest.raises(DGAlignError, match="batch"):
+        run_bench(dataclasses.replace(cfg, batch=1), progress=False)
+    with pytest.raises(DGAlignError, match="--batch"):
+        run_bench(dataclasses.replace(cfg, out=str(tmp_path / "x"), batch=0), progress=False)
+
+
+def test_kl_rows_average_to_the_calls_kl(toy):
+    """`Samples.kl_rows` holds each answer's term of `kl_to_base`: over a batch of prompts their mean is it."""
+    from dgalign.eval.exact import toy_reward
+    from dgalign.samplers import get_sampler
+    from dgalign.types import Prompts
+
+    prompts = Prompts.encode(toy, ["a", "b", "a"], raw=True)
+    for name, sets in [("dga", {"particles": 3, "steps": 3}), ("vgd", {"value": "exact"}), ("dga", {"value": "exact"}), ("base", {})]:
+        sampler, cfg = get_sampler(name)
+        out = sampler(toy, toy_reward, prompts, dataclasses.replace(cfg, max_new_tokens=3, **sets),
+                      generator=torch.Generator().manual_seed(0))
+        assert out.kl_rows is not None and out.kl_rows.shape == (3,), name
+        assert float(out.kl_rows.double().mean()) == pytest.approx(out.kl_to_base, abs=1e-5), name
 
 
 def test_resume_refuses_other_settings_and_bad_input(prompts_file, tmp_path):

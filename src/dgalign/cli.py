@@ -589,6 +589,8 @@ def bench(
                                                      "'base,bon:n=8,dga:checkpoint=DIR'.")] = None,
     grid: Annotated[str | None, typer.Option(help="Named grid of methods, e.g. ablations (after --methods).")] = None,
     n_prompts: Annotated[int, typer.Option(help="The suite's first N prompts.")] = BenchConfig.n_prompts,
+    batch: Annotated[int, typer.Option(help="Prompts per sampler call (one method and seed); the call's cost is "
+                                            "split over its answers. 1: each row its own call.")] = BenchConfig.batch,
     max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = BenchConfig.max_new_tokens,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one row per (prompt, method, seed).")] = "0",
     model: Annotated[str, typer.Option(help="Built-in name, HF id, local path or toy.")] = BenchConfig.model,
@@ -647,7 +649,7 @@ def bench(
         os.environ["DGALIGN_DATA"] = data_dir
     cfg = BenchConfig(
         suite=suite, out=out, methods=[m for m in (methods or "").split(",") if m.strip()], grid=grid or "",
-        n_prompts=n_prompts, max_new_tokens=max_new_tokens, seeds=seed_list, model=model, beta=beta,
+        n_prompts=n_prompts, max_new_tokens=max_new_tokens, seeds=seed_list, batch=batch, model=model, beta=beta,
         reward=reward or "", gold=gold, raw=raw, sets=parse_sets(set_ or []), budget_matched=budget_matched,
         ppl_model="" if no_ppl else ppl_model, prompt_field=prompt_field, reference_field=reference_field,
         id_field=id_field, **loading,

@@ -161,7 +161,8 @@ class Samples:
     `prompt_index[i]` says which input prompt row i answers. `base_logprobs` is
     log p_θ(y | c) of the completion under the (untruncated) base model. Samplers that weight
     their draws fill `log_weights`, `ess` and `log_z`; those that know how far their answers drift from
-    the base fill `kl_to_base` (an estimate) or `kl_bound` (an upper bound).
+    the base fill `kl_to_base` (an estimate; with `kl_rows`, each row's term of it, so a batch of prompts
+still gives each answer its own estimate) or `kl_bound` (an upper bound).
     """
 
     prompt_index: list[int]
@@ -175,6 +176,7 @@ class Samples:
     log_z: torch.Tensor | None = None  # (P,) estimate of log Z per prompt
     # KL(q ‖ p_θ) of the sampler's answer law, nats, where the sampler can estimate it (0 for the base itself)
     kl_to_base: float | None = None
+    kl_rows: torch.Tensor | None = None  # (N,) each row's term of that estimate (its mean is kl_to_base): per answer
     kl_bound: float | None = None  # an upper bound on that KL where one is known (best-of-n's), else None
     extras: dict[str, Any] = field(default_factory=dict)
 

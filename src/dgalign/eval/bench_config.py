@@ -17,6 +17,7 @@ class BenchConfig:
     n_prompts: int = 40  # the suite's first N prompts
     max_new_tokens: int = 32  # completion length limit of every method
     seeds: list[int] = field(default_factory=lambda: [0])  # one row per (prompt, method, seed)
+    batch: int = 1  # prompts per sampler call (one method, one seed); the call's cost is split over its answers
     model: str = DEFAULT_MODEL  # built-in name, HF id, local path, or "toy"
     beta: float = 4.0  # β of every method unless its spec sets beta= (4: what `dgalign train` fits for)
     reward: str = ""  # proxy reward spec, used for guidance; "" = the suite's
@@ -43,6 +44,6 @@ class BenchConfig:
 
 # fields that give rows their meaning: a resumed run must agree with the manifest on these
 IDENTITY = ("suite", "model", "max_new_tokens", "beta", "reward", "gold", "raw", "sets", "budget_matched",
-            "ppl_model", "prompt_field", "reference_field", "id_field")
+            "ppl_model", "prompt_field", "reference_field", "id_field", "batch")
 # identity fields added after runs were first written: a manifest without them had these values
-LATER_IDENTITY = {"prompt_field": "prompt", "reference_field": "", "id_field": ""}
+LATER_IDENTITY = {"prompt_field": "prompt", "reference_field": "", "id_field": "", "batch": 1}

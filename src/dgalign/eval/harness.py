@@ -12,10 +12,15 @@ left by a kill is cut off first, so a killed-and-resumed run holds exactly the r
 uninterrupted one. The settings that give rows their meaning (model, suite, rewards,
 length, β, ...) must match the manifest's; methods, prompts and seeds may be added.
 
-Each row is one sampler call on one prompt (`num_samples` = 1), so its cost is its own and its
-KL estimate is that answer's. An error inside a call (e.g. a knob the sampler rejects) is recorded
-in the row's "error" field and the grid goes on. The random generator of a row is seeded by
-(seed, prompt index) and shared by all methods: common random numbers for paired comparisons.
+Each row is one answer (`num_samples` = 1). With `batch` = 1 (the default) each row is its own sampler
+call, so its cost is its own and its KL estimate is that answer's; with `batch` = B, one call answers B
+prompts (chunks 0..B−1, B..2B−1, ... of one method and seed), its cost is split evenly over them (the
+`cost.batch` field says how many shared it) and each row keeps its own KL where the sampler gives per-answer
+terms (`run_rows`). Batching changes throughput, not the law of an answer; `batch` is part of a run's
+identity, since its random draws and per-answer costs differ. An error inside a call (e.g. a knob the
+sampler rejects) is recorded in its rows' "error" field and the grid goes on. The random generator of a call
+is seeded by (seed, its first prompt index) and shared by all methods: common random numbers for paired
+comparisons.
 
 `budget_matched = X` sets each method's knob (`KNOBS`) so that its LM forward tokens per answer
 are ≈ X × base's, measured: base and the method (knob = 1 and 4) run on the first
@@ -26,7 +31,7 @@ stored in the manifest and reused on resume.
 
 Where the rows run is the runner's business: `LocalRows` runs them here, one after another;
 `ray_bench.RayRows` (`dgalign bench --ray`) on Ray actors. Both build the shared context with
-`load_context` and run each row through `run_row`; either way this process alone writes the rows file.
+`load_context` and run each call through `run_rows`; either way this process alone writes the rows file.
 """
 
 from __future__ import annotations
@@ -346,39 +351,58 @@ def row_head(suite: str, method: _Method, index: int, row: dict, seed: int) -> d
             **({"prompt_id": row["id"]} if "id" in row else {})}
 
 
-def run_row(ctx: RunContext, method: _Method, index: int, row: dict, seed: int) -> dict:
-    """Sample one answer and measure it; an exception from the sampler or a metric becomes the row's error."""
+def run_rows(ctx: RunContext, method: _Method, indices: list[int], rows: list[dict], seed: int) -> list[dict]:
+    """Sample one answer for each of `rows` (the prompts `indices`) in ONE sampler call, and measure them.
+
+    The call's cost is split evenly over its answers (wall and CPU seconds, LM forward tokens, reward calls,
+    energy); each row keeps its own generated tokens and, where the sampler gives per-answer terms
+    (`Samples.kl_rows`), its own KL estimate — a call-wide KL estimate is given to a row only for a call of
+    one. An exception from the sampler or a metric becomes the error of every row of the call.
+    """
     from ..types import Prompts
 
-    lm, prompt = ctx.lm, row["prompt"]
-    out = row_head(ctx.suite, method, index, row, seed)
+    lm, n = ctx.lm, len(rows)
+    prompts = [row["prompt"] for row in rows]
+    outs = [row_head(ctx.suite, method, i, row, seed) for i, row in zip(indices, rows, strict=True)]
     try:
-        batch = Prompts.encode(lm, [prompt], raw=ctx.raw)
+        batch = Prompts.encode(lm, prompts, raw=ctx.raw)
         cpu0 = metrics.cpu_seconds()
-        samples = method.sampler(lm, ctx.proxy, batch, method.cfg, generator=_generator(seed, index, lm.device))
-        cpu = metrics.cpu_seconds() - cpu0
-        text, n = samples.texts[0], samples.num_tokens[0]
-        base_lp = float(samples.base_logprobs[0])
-        out.update(
-            completion=text,
-            num_tokens=n,
-            proxy=float(samples.rewards[0]),
-            gold={spec: float(fn([prompt], [text])[0]) for spec, fn in ctx.gold.items()},
-            base_logprob=base_lp,
-            logprob_per_token=base_lp / n if n else None,
-            kl=samples.kl_to_base,
-            kl_bound=samples.kl_bound,
-            ppl=(metrics.perplexity(ctx.judge, prompt if ctx.raw else prompt + "\n\n", text)
-                 if ctx.judge is not None else None),
-            reference=_reference_scores(row, text),
-            cost={**samples.cost.as_dict(), "generated_tokens": samples.cost.generated_tokens,
-                  "cpu_s": round(cpu, 4), "energy_j": round(metrics.energy_joules(cpu), 2)},
-            extras=_scalars(samples.extras),
-            error=None,
-        )
-    except Exception as err:  # one (prompt, method) failing must not end the grid
-        out["error"] = f"{type(err).__name__}: {err}"
-    return out
+        samples = method.sampler(lm, ctx.proxy, batch, method.cfg, generator=_generator(seed, indices[0], lm.device))
+        cpu = (metrics.cpu_seconds() - cpu0) / n
+        where = {p: j for j, p in enumerate(samples.prompt_index)}  # prompt -> its (one) answer
+        texts = [samples.texts[where[k]] for k in range(n)]
+        gold = {spec: [float(v) for v in fn(prompts, texts)] for spec, fn in ctx.gold.items()}
+        cost = samples.cost.as_dict()
+        shared = {**cost, **{k: round(cost[k] / n, 4) for k in ("wall_s", "lm_forward_tokens", "reward_calls")},
+                  "cpu_s": round(cpu, 4), "energy_j": round(metrics.energy_joules(cpu), 2), "batch": n}
+        results = []
+        for k, row in enumerate(rows):
+            j = where[k]
+            tokens, base_lp = samples.num_tokens[j], float(samples.base_logprobs[j])
+            kl = (float(samples.kl_rows[j]) if samples.kl_rows is not None
+                  else samples.kl_to_base if n == 1 else None)
+            results.append(dict(
+                completion=texts[k],
+                num_tokens=tokens,
+                proxy=float(samples.rewards[j]),
+                gold={spec: values[k] for spec, values in gold.items()},
+                base_logprob=base_lp,
+                logprob_per_token=base_lp / tokens if tokens else None,
+                kl=kl,
+                kl_bound=samples.kl_bound,
+                ppl=(metrics.perplexity(ctx.judge, row["prompt"] if ctx.raw else row["prompt"] + "\n\n", texts[k])
+                     if ctx.judge is not None else None),
+                reference=_reference_scores(row, texts[k]),
+                cost={**shared, "generated_tokens": tokens},
+                extras=_scalars(samples.extras),
+                error=None,
+            ))
+        for out, result in zip(outs, results, strict=True):
+            out.update(result)
+    except Exception as err:  # one call failing must not end the grid
+        for out in outs:
+            out["error"] = f"{type(err).__name__}: {err}"
+    return outs
 
 
 def _reference_scores(row: dict, text: str) -> dict | None:
@@ -395,18 +419,25 @@ def _reference_scores(row: dict, text: str) -> dict | None:
 
 
 # -- budget matching ------------------------------------------------------------------------------
-def _forward_tokens_per_answer(ctx: RunContext, method: _Method, rows: list[dict]) -> float:
+def _forward_tokens_per_answer(ctx: RunContext, method: _Method, rows: list[dict], batch: int = 1) -> float:
+    """LM forward tokens per answer of `method` on `rows`, in calls of `batch` prompts as the run makes them."""
     from ..types import Prompts
 
     lm, spent = ctx.lm, 0
-    for i, row in enumerate(rows):
-        batch = Prompts.encode(lm, [row["prompt"]], raw=ctx.raw)
-        spent += method.sampler(lm, ctx.proxy, batch, method.cfg, generator=_generator(0, i, lm.device)
+    for start in range(0, len(rows), batch):
+        chunk = Prompts.encode(lm, [row["prompt"] for row in rows[start : start + batch]], raw=ctx.raw)
+        spent += method.sampler(lm, ctx.proxy, chunk, method.cfg, generator=_generator(0, start, lm.device)
                                 ).cost.lm_forward_tokens
     return spent / len(rows)
 
 
-def calibrate(ctx: RunContext, methods: list[_Method], rows: list[dict], multiple: float, known: dict) -> dict:
+def calibration_rows(prompts: list[dict], batch: int) -> list[dict]:
+    """The prompts the budget calibration runs on: the first CALIBRATION_PROMPTS, or one call's worth."""
+    return prompts[: max(CALIBRATION_PROMPTS, batch)]
+
+
+def calibrate(ctx: RunContext, methods: list[_Method], rows: list[dict], multiple: float, known: dict,
+              batch: int = 1) -> dict:
     """Per label: the knob value that makes LM forward tokens/answer ≈ `multiple` × base's (module docstring).
 
     Labels already in `known` (a resumed run's manifest) keep their value; only new ones are measured.
@@ -417,7 +448,7 @@ def calibrate(ctx: RunContext, methods: list[_Method], rows: list[dict], multipl
     if "base_forward_tokens" not in out:
         sampler, base_cfg = get_sampler("base")
         base_cfg = dataclasses.replace(base_cfg, max_new_tokens=methods[0].cfg.max_new_tokens, num_samples=1)
-        base = _forward_tokens_per_answer(ctx, _Method("base", "base", "base", base_cfg, sampler), rows)
+        base = _forward_tokens_per_answer(ctx, _Method("base", "base", "base", base_cfg, sampler), rows, batch)
         out.update(base_forward_tokens=base, target=multiple * base)
     for m in methods:
         knob = KNOBS.get(m.name)
@@ -426,7 +457,7 @@ def calibrate(ctx: RunContext, methods: list[_Method], rows: list[dict], multipl
         try:
             lo, hi = CALIBRATION_KNOBS
             cost = {k: _forward_tokens_per_answer(ctx, dataclasses.replace(
-                m, cfg=dataclasses.replace(m.cfg, **{knob: k})), rows) for k in (lo, hi)}
+                m, cfg=dataclasses.replace(m.cfg, **{knob: k})), rows, batch) for k in (lo, hi)}
             slope = (cost[hi] - cost[lo]) / (hi - lo)
             if slope <= 0:
                 raise DGAlignError(f"its forward tokens did not grow with {knob} ({cost})")
@@ -456,9 +487,9 @@ def plan_bench(cfg: BenchConfig, argv: list[str] | None = None) -> Plan:
     from ..bench import get_suite, load_prompts
     from ..rewards import get_reward
 
-    if cfg.n_prompts < 1 or cfg.max_new_tokens < 1:
-        raise DGAlignError(f"--n-prompts and --max-new-tokens must be at least 1 (got {cfg.n_prompts}, "
-                           f"{cfg.max_new_tokens})")
+    if cfg.n_prompts < 1 or cfg.max_new_tokens < 1 or cfg.batch < 1:
+        raise DGAlignError(f"--n-prompts, --max-new-tokens and --batch must be at least 1 (got {cfg.n_prompts}, "
+                           f"{cfg.max_new_tokens}, {cfg.batch})")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise DGAlignError(f"--seeds must list distinct seeds, got {cfg.seeds}")
     if not 0 <= cfg.budget_matched < math.inf:
@@ -516,12 +547,27 @@ def warm_up(ctx: RunContext, prompt: dict, load_s: float) -> dict[str, float]:
     return prepare(ctx.lm, ctx.proxy, *ctx.gold.values(), prompts=batch, load_s=load_s)
 
 
+Call = tuple[tuple[int, ...], _Method, int]  # one sampler call: (its prompts' indices, method, seed)
+
+
+def calls(pending: list[tuple[int, _Method, int]], batch: int) -> list[Call]:
+    """The pending (prompt, method, seed) rows as sampler calls of up to `batch` prompts each.
+
+    Prompts are grouped by fixed chunks (indices 0..b−1, b..2b−1, ...), so a call's prompts and generator do not
+    depend on what an earlier, killed invocation finished; a chunk with rows already done runs the rest.
+    """
+    grouped: dict[tuple[int, str, int], list] = {}
+    for i, method, seed in pending:
+        grouped.setdefault((i // batch, method.label, seed), [method, seed, []])[2].append(i)
+    return [(tuple(indices), method, seed) for method, seed, indices in grouped.values()]
+
+
 class Rows(Protocol):
     """Where a run's rows run (`run_bench(..., runner=)` builds one from the plan, loading what the rows need)."""
 
     def setup(self) -> dict: ...  # what the invocation records of the setup: "setup" (`warm_up`'s timings), ...
     def calibrate(self, methods: list[_Method], multiple: float, known: dict) -> dict: ...  # `calibrate`'s answer
-    def run(self, grid: list[tuple[int, _Method, int]]) -> Iterator[dict]: ...  # every row, as it finishes
+    def run(self, grid: list[Call]) -> Iterator[dict]: ...  # every row, as it finishes
     def close(self) -> None: ...
 
 
@@ -536,12 +582,12 @@ class LocalRows:
         """What the invocation records of this runner's setup: "setup" (`warm_up`'s timings)."""
         return {"setup": warm_up(self.ctx, self.prompts[0], self.load_s)}
 
-    def calibrate(self, methods: list[_Method], multiple: float, known: dict) -> dict:
-        return calibrate(self.ctx, methods, self.prompts[:CALIBRATION_PROMPTS], multiple, known)
+    def calibrate(self, methods: list[_Method], multiple: float, known: dict, batch: int = 1) -> dict:
+        return calibrate(self.ctx, methods, calibration_rows(self.prompts, batch), multiple, known, batch)
 
-    def run(self, grid: list[tuple[int, _Method, int]]) -> Iterator[dict]:
-        for i, method, seed in grid:
-            yield run_row(self.ctx, method, i, self.prompts[i], seed)
+    def run(self, grid: list[Call]) -> Iterator[dict]:
+        for indices, method, seed in grid:
+            yield from run_rows(self.ctx, method, list(indices), [self.prompts[i] for i in indices], seed)
 
     def close(self) -> None:
         pass
@@ -567,7 +613,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
             manifest["invocations"][-1].update(rows.setup())
 
         if cfg.budget_matched:
-            manifest["budget"] = rows.calibrate(methods, cfg.budget_matched, manifest["budget"])
+            manifest["budget"] = rows.calibrate(methods, cfg.budget_matched, manifest["budget"], cfg.batch)
             for i, m in enumerate(methods):
                 entry = manifest["budget"].get(m.label, {})
                 if "value" in entry:
@@ -576,12 +622,12 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, argv: list[str] | None
                                     for m in methods})
         write_atomic(plan.manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-        grid = [(i, m, s) for i in range(len(plan.prompts)) for m in methods for s in cfg.seeds
+        todo = [(i, m, s) for i in range(len(plan.prompts)) for m in methods for s in cfg.seeds
                 if (i, m.label, s) not in done]
         total = len(plan.prompts) * len(methods) * len(cfg.seeds)
-        with open(rows_path, "a") as f, tqdm(total=total, initial=total - len(grid), desc=f"bench {plan.name}",
+        with open(rows_path, "a") as f, tqdm(total=total, initial=total - len(todo), desc=f"bench {plan.name}",
                                              unit="row", file=sys.stderr, disable=not progress or None) as bar:
-            for row in rows.run(grid):
+            for row in rows.run(calls(todo, cfg.batch)):
                 _append(f, row)
                 bar.set_postfix_str(row["method"], refresh=False)
                 bar.update(1)

@@ -1,11 +1,11 @@
 """`dgalign bench --ray`: a run's pending rows on Ray actors, streamed back to the driver, which alone writes them.
 
 Each actor (`BenchWorker`) builds the run's context once, with `harness.load_context` as the local
-bench does, and runs every row it is handed through `harness.run_row`: there is one implementation
-of a row. The pending rows are dealt out as the actors free up (each holds `DEPTH` rows at a time,
+bench does, and runs every call it is handed through `harness.run_rows`: there is one implementation
+of a row. The pending calls are dealt out as the actors free up (each holds `DEPTH` calls at a time,
 so it never waits on the driver between two), and each finished row comes back to the driver, which
 appends and fsyncs it (`harness.run_bench`); resume and "no row lost or duplicated" mean what they
-mean locally. Rows are seeded by (seed, prompt index), so which actor ran a row does not change it;
+mean locally. Calls are seeded by (seed, first prompt index), so which actor ran a row does not change it;
 only the rows file's order (the order rows finished in) differs from a local run's.
 
 Failures are Ray's to handle: a dead actor is restarted (`cluster.RESTARTS` times) and the calls it
@@ -27,15 +27,15 @@ from ..errors import DGAlignError
 from . import harness
 from .harness import Plan, _Method
 
-DEPTH = 2  # rows an actor holds at once: the one it runs and the next
+DEPTH = 2  # calls an actor holds at once: the one it runs and the next
 
 
 class BenchWorker:
-    """A Ray actor: one run's context, loaded once, and `harness.run_row` for each row it is handed."""
+    """A Ray actor: one run's context, loaded once, and `harness.run_rows` for each call it is handed."""
 
     def __init__(self, plan: Plan):
         self.ctx, load_s = harness.load_context(plan.cfg, plan.name)
-        self.prompts = plan.prompts[:harness.CALIBRATION_PROMPTS]
+        self.prompts = harness.calibration_rows(plan.prompts, plan.cfg.batch)
         self.setup = {**harness.warm_up(self.ctx, plan.prompts[0], load_s), "pid": os.getpid(),
                       "node": platform.node()}
 
@@ -43,11 +43,11 @@ class BenchWorker:
         """The setup timings of this actor's context, its pid and node."""
         return self.setup
 
-    def calibrate(self, methods: list[_Method], multiple: float, known: dict) -> dict:
-        return harness.calibrate(self.ctx, methods, self.prompts, multiple, known)
+    def calibrate(self, methods: list[_Method], multiple: float, known: dict, batch: int = 1) -> dict:
+        return harness.calibrate(self.ctx, methods, self.prompts, multiple, known, batch)
 
-    def run(self, method: _Method, index: int, row: dict, seed: int) -> dict:
-        return harness.run_row(self.ctx, method, index, row, seed)
+    def run(self, method: _Method, indices: list[int], rows: list[dict], seed: int) -> list[dict]:
+        return harness.run_rows(self.ctx, method, indices, rows, seed)
 
 
 class RayRows:
@@ -70,30 +70,30 @@ class RayRows:
                 "ray": {"address": self.opts.address, "workers": self.opts.workers, "resources": self.opts.resources,
                         "worker_setup": self.setups}}
 
-    def calibrate(self, methods: list[_Method], multiple: float, known: dict) -> dict:
-        return self.ray.get(self.workers[0].calibrate.remote(methods, multiple, known))
+    def calibrate(self, methods: list[_Method], multiple: float, known: dict, batch: int = 1) -> dict:
+        return self.ray.get(self.workers[0].calibrate.remote(methods, multiple, known, batch))
 
-    def run(self, grid: list[tuple[int, _Method, int]]) -> Iterator[dict]:
-        """The grid's rows, as they finish."""
+    def run(self, grid: list[harness.Call]) -> Iterator[dict]:
+        """The rows of the grid's calls, as each call finishes."""
         queue, live = deque(grid), list(self.workers)
         held: dict = {}  # ObjectRef -> (worker, the row it runs)
 
         def deal(w) -> None:
             if queue:
-                i, method, seed = item = queue.popleft()
-                held[w.run.remote(method, i, self.plan.prompts[i], seed)] = (w, item)
+                indices, method, seed = item = queue.popleft()
+                held[w.run.remote(method, list(indices), [self.plan.prompts[i] for i in indices], seed)] = (w, item)
 
         for w in live:
             for _ in range(DEPTH):
                 deal(w)
         while held:
             [ref], _ = self.ray.wait(list(held), num_returns=1)
-            w, (i, method, seed) = held.pop(ref)
+            w, (indices, method, seed) = held.pop(ref)
             try:
-                row = self.ray.get(ref)
+                rows = self.ray.get(ref)
             except self.ray.exceptions.RayActorError as err:  # restarted RESTARTS times, then lost for good
-                row = {**harness.row_head(self.plan.name, method, i, self.plan.prompts[i], seed),
-                       "error": f"RayActorError: its Ray worker died for good ({cause(err)})"}
+                rows = [{**harness.row_head(self.plan.name, method, i, self.plan.prompts[i], seed),
+                         "error": f"RayActorError: its Ray worker died for good ({cause(err)})"} for i in indices]
                 if w in live:
                     live.remove(w)
                 if not live:
@@ -101,7 +101,7 @@ class RayRows:
                                        "kept: run the same command again to resume") from None
             if w in live:  # the others take a lost actor's share as they free up
                 deal(w)
-            yield row
+            yield from rows
 
     def close(self) -> None:
         for w in self.workers:

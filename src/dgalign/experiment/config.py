@@ -49,6 +49,7 @@ class RunSpec:
     n_prompts: int = 40  # the suite's first N evaluation rows
     max_new_tokens: int = 32
     seeds: list[int] = field(default_factory=lambda: [0])
+    batch: int = 1  # bench: prompts per sampler call (its cost split over them; efficiency times batches apart)
     beta: float = 4.0
     budget_matched: float = 0.0  # > 0: each method's knob set to ≈ this × base's LM forward tokens
     ppl_model: str = "auto"  # the perplexity judge ("" = none)
@@ -187,6 +188,8 @@ def check_run(where: str, run: RunSpec) -> None:
             raise DGAlignError(f"{where}: {name} must be at least 1, got {value}")
     if not run.seeds or len(set(run.seeds)) != len(run.seeds) or not all(s >= 0 for s in run.seeds):
         raise DGAlignError(f"{where}: seeds must be distinct non-negative integers, got {run.seeds}")
+    if not isinstance(run.batch, int) or run.batch < 1:
+        raise DGAlignError(f"{where}: batch must be a positive integer, got {run.batch!r}")
     if not run.batches or not all(b >= 1 for b in run.batches):
         raise DGAlignError(f"{where}: batches must be positive integers, got {run.batches}")
     if not run.methods:

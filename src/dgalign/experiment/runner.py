@@ -126,7 +126,7 @@ def plan(exp: Experiment, work: Path) -> Plan:
 
 def bench_config(run: RunSpec, out: Path, methods: list[str], labels: list[str], guide: str, gold: list[str]):
     return BenchConfig(suite=run.suite, out=str(out), methods=methods, labels=labels, n_prompts=run.n_prompts,
-                       max_new_tokens=run.max_new_tokens, seeds=run.seeds, model=run.model, beta=run.beta,
+                       max_new_tokens=run.max_new_tokens, seeds=run.seeds, batch=run.batch, model=run.model, beta=run.beta,
                        reward=guide, gold=gold, budget_matched=run.budget_matched, ppl_model=run.ppl_model)
 
 

@@ -37,4 +37,4 @@ def sample_base(
     rewards = score(meter, reward, [prompts.texts[i] for i in index], texts)
     untruncated = cfg.temperature == 1.0 and cfg.top_p == 1.0 and cfg.top_k == 0  # then q is p_θ itself
     return pack(lm, meter, index, out.tokens, rewards, out.base_logprobs, texts,
-                kl_to_base=0.0 if untruncated else None)
+                kl_to_base=0.0 if untruncated else None, kl_rows=torch.zeros(len(texts)) if untruncated else None)

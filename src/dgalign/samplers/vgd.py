@@ -79,6 +79,7 @@ def sample_vgd(
     out = rollout(lm, state, cfg, cfg.max_new_tokens, generator=generator, callback=callback, law=law)
     texts = [lm.decode(t) for t in out.tokens]
     rewards = score(meter, reward, [prompts.texts[i] for i in index], texts)
-    kl = float((out.proposal_logprobs - out.base_logprobs).double().mean())  # E_q[log q − log p_θ], unbiased
-    return pack(lm, meter, index, out.tokens, rewards, out.base_logprobs, texts, kl_to_base=kl,
+    kl_rows = (out.proposal_logprobs - out.base_logprobs).double()  # log q − log p_θ per answer: E_q is the KL
+    return pack(lm, meter, index, out.tokens, rewards, out.base_logprobs, texts, kl_to_base=float(kl_rows.mean()),
+                kl_rows=kl_rows.float().cpu(),
                 extras={"value": cfg.value, "top_m": cfg.top_m, "tail": cfg.tail})

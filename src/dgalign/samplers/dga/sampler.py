@@ -258,11 +258,11 @@ def _finish(lm, meter, cfg, run: _Run, rewards, texts, prompt_of_row, log_z, ans
     twist; `benchmarks/kl_estimator_check.py` measures its error on the toy). Exact mode: the answers
     follow p_r = p_θ·e^{βr}/Z, so KL ≈ β·E[r] − log Ẑ.
     """
-    n_part, kl, out_log_z = cfg.particles, None, None
+    n_part, kl_rows, out_log_z = cfg.particles, None, None
     if n_part == 1:
-        if cfg.block == 1 and has_twist:  # the twist was known at every token
-            kl = float((run.log_tilt - run.base_lp).mean())
         keep = torch.arange(len(texts), device=rewards.device)
+        if cfg.block == 1 and has_twist:  # the twist was known at every token
+            kl_rows = (run.log_tilt - run.base_lp).float()
     else:  # final correction β·r − ψ(final)
         run.log_w += cfg.beta * rewards - run.psi_prev
         lw = run.log_w.view(answers, n_part)
@@ -275,11 +275,14 @@ def _finish(lm, meter, cfg, run: _Run, rewards, texts, prompt_of_row, log_z, ans
         extras.update(resamples=resamples, mean_ess=sum(ess_trace) / max(len(ess_trace), 1),
                       run_log_z=run_log_z.float().cpu(), final_ess=float(ess(lw).mean()),
                       kl_target=float((run.log_q - run.target_lp - cfg.beta * rewards).mean() + out_log_z.mean()))
+        prompt_of_kept = torch.as_tensor([int(prompt_of_row[i]) for i in keep.tolist()], device=out_log_z.device)
+        kl_rows = (cfg.beta * rewards[keep] - out_log_z[prompt_of_kept]).float()  # mean: β·E[r] − mean log Ẑ
         out_log_z = out_log_z.cpu()
-        kl = float(cfg.beta * rewards[keep].mean() - out_log_z.mean())
     idx = keep.tolist()
+    kl = None if kl_rows is None else float(kl_rows.double().mean())
     return pack(lm, meter, [int(prompt_of_row[i]) for i in idx], [run.tokens[i] for i in idx], rewards[keep].cpu(),
-                run.base_lp[keep].cpu(), [texts[i] for i in idx], log_z=out_log_z, kl_to_base=kl, extras=extras)
+                run.base_lp[keep].cpu(), [texts[i] for i in idx], log_z=out_log_z, kl_to_base=kl,
+                kl_rows=None if kl_rows is None else kl_rows.cpu(), extras=extras)
 
 
 def _token_psi(out, tok: torch.Tensor) -> torch.Tensor:
