@@ -162,13 +162,17 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, tiny_llama, mon
     res = CliRunner().invoke(app, [*args, "--runs", "hh"])  # one run first: the report covers both
     assert res.exit_code == 0, res.output
     assert "## rtp\n\nNo rows yet." in (out / "report.md").read_text()
-    assert json.loads((out / "manifest.json").read_text())["invocations"][0]["ran"] == ["bench hh", "judge hh"]
+    assert json.loads((out / "manifest.json").read_text())["invocations"][0]["ran"] == [
+        "bench hh", "judge check hh", "judge hh"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert "## rtp" in report and "## hh" in report and "### Efficiency" in report and "Wall time" in report
     assert "judge harmlessness: win / tie / loss" in report  # hh-harmless's pairwise judge vs base
+    assert "judge harmlessness: P(method preferred) [95% CI]" in report and "**Judge check (harmlessness)**" in report
+    check = json.loads((work / "tiny" / "hh" / "judge_check.json").read_text())["harmlessness"]
+    assert check["pairs"] == 60 and 0 <= check["preferred"]["lo"] <= check["preferred"]["hi"] <= 1
     assert {"versions", "machine", "invocations", "steps", "artifacts"} <= set(manifest)
     assert manifest["machine"]["cpu_count"] and manifest["versions"]["torch"]
     ran = manifest["invocations"][1]["ran"]
@@ -183,6 +187,7 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, tiny_llama, mon
     assert len(timings) == 3 * 2  # methods × batches × repeats
     verdicts = (work / "tiny" / "hh" / "judge.jsonl").read_text().splitlines()
     assert len(verdicts) == 2 * 2 and all(json.loads(v)["winner"] in ("x", "tie", "y") for v in verdicts)
+    assert all(0 <= json.loads(v)["pref_x"] <= 1 and len(json.loads(v)["probs_x_first"]) == 3 for v in verdicts)
     assert list((out / "plots").glob("rtp-*.png"))
 
     before = _tree(work)
@@ -229,3 +234,33 @@ def test_the_gain_table_pairs_by_prompt_and_names_the_strongest_peer():
     assert out["gain_vs_base"]["g"]["dga"]["mean"] == pytest.approx(0.5) and out["gain_vs_base"]["g"]["dga"]["n"] == 2
     assert out["dga_vs_peer"]["dga"]["g"]["mean"] == pytest.approx(0.1)  # (−0.1 + 0.3) / 2
     assert "`dga` − `bon:n=4`" in "".join(text)
+
+
+def test_peak_memory_sees_each_calls_allocations_once_freed_memory_is_released(tiny_llama):
+    """Repeated sampler calls: without release_memory, a call reuses the heap the previous one freed and its
+    peak reads ~0 MB; with it, every call shows the memory it uses (the efficiency cells' peak MB)."""
+    import torch
+
+    from dgalign.experiment.speed import PeakRSS, release_memory
+    from dgalign.lm import load_lm
+    from dgalign.samplers import get_sampler
+    from dgalign.types import Prompts, SamplerConfig
+
+    lm, base = load_lm(tiny_llama), get_sampler("base")[0]
+    batch = Prompts.encode(lm, ["Tell me about cats."] * 8)
+
+    def peaks(release: bool) -> list[float]:
+        out = []
+        for i in range(3):
+            if release:
+                release_memory()
+            with PeakRSS() as mem:
+                base(lm, lambda p, c: torch.zeros(len(c)), batch, SamplerConfig(max_new_tokens=32),
+                     generator=torch.Generator().manual_seed(i))
+            out.append(mem.mb)
+        return out
+
+    peaks(False)  # the first calls pay one-off allocations
+    kept, released = peaks(False), peaks(True)
+    assert min(released) >= 3.0  # 8 rows × 49,152 logits × 4 bytes = 1.5 MB a step, and the KV cache
+    assert min(released) > 2 * max(kept) or max(kept) >= 3.0  # release is what makes the peak visible

@@ -22,7 +22,7 @@ from dgalign.eval.human import (
     win_tie_loss,
 )
 from dgalign.eval.report import write_report
-from dgalign.rate.judge import judge_both_orders, judge_run
+from dgalign.rate.judge import check, judge_pairs, judge_run, preference
 from dgalign.rate.store import Store, resolve_pairs
 
 RUN = Path(__file__).parent / "data" / "rate-run"  # `dgalign bench` on the toy LM: base, bon:n=3, smc × 5 prompts
@@ -168,17 +168,24 @@ def test_pairs_are_checked_against_the_run(run, tmp_path):
 
 
 # -- the judge ------------------------------------------------------------------------------------
-def test_a_judge_that_always_prefers_position_a_gives_only_ties(run):
+def _judge(fn):
+    """A judge from a rule (question, first, second) -> verdict, as one-hot probabilities."""
+    def judge(asks):
+        return np.array([np.eye(3)[("A", "B", "tie").index(fn(q, a, b))] for q, a, b, _ in asks])
+    return judge
+
+
+def test_a_judge_that_always_prefers_position_a_gives_only_ties_and_preference_one_half(run):
     store = Store(run)
     items = store.sync_items(resolve_pairs(run, "base,smc"))
-    assert judge_both_orders(lambda q, a, b, d: "A", "q", "x", "y", "quality") == ("tie", "A", "A")
-    table = judge_run(store, items, lambda q, a, b, d: "A", "judge:first", DIMS, progress=False)
-    assert [(r["dimension"], r["items"], r["ties"], r["inconsistent"]) for r in table] == [
-        ("quality", 5, 5, 5), ("helpfulness", 5, 5, 5)]
+    first = _judge(lambda q, a, b: "A")
+    [r] = judge_pairs(first, [("q", "x", "y", "quality")])
+    assert (r["winner"], r["x_first"], r["y_first"], r["pref_x"]) == ("tie", "A", "A", 0.5)
+    table = judge_run(store, items, first, "judge:first", DIMS, progress=False)
+    assert [(r["dimension"], r["items"], r["ties"], r["inconsistent"], r["pref_x"]) for r in table] == [
+        ("quality", 5, 5, 5, 0.5), ("helpfulness", 5, 5, 5, 0.5)]
     # a judge that reads the answers: the one containing more "a"s wins, whatever its position
-    def judge(q, a, b, d):
-        return "A" if a.count("a") > b.count("a") else "B" if b.count("a") > a.count("a") else "tie"
-
+    judge = _judge(lambda q, a, b: "A" if a.count("a") > b.count("a") else "B" if b.count("a") > a.count("a") else "tie")
     table = judge_run(store, items, judge, "judge:count", ["quality"], progress=False)
     [row] = table
     assert row["inconsistent"] == 0 and row["items"] == 5
@@ -189,6 +196,29 @@ def test_a_judge_that_always_prefers_position_a_gives_only_ties(run):
         expected["x" if cx > cy else "y" if cy > cx else "tie"] += 1
     assert (row["x_wins"], row["ties"], row["y_wins"]) == (expected["x"], expected["tie"], expected["y"])
     assert judge_run(store, items, judge, "judge:count", ["quality"], progress=False) == table  # resumes: no rework
+
+
+def test_preference_cancels_a_position_bias_but_keeps_what_the_judge_reads():
+    # a judge with a strong lean to "A" (+2 nats) that also reads the answers (+1 nat for the better one):
+    # its argmax verdict is always "A" (all ties), but the debiased preference still finds the better answer
+    def probs(first_better):
+        logits = np.array([2.0 + (1.0 if first_better else 0.0), 0.0 if first_better else 1.0, -5.0])
+        return np.exp(logits) / np.exp(logits).sum()
+
+    pref = preference(probs(True), probs(False))  # x better: x first, then y first
+    assert pref > 0.6 and preference(probs(False), probs(True)) == pytest.approx(1 - pref)
+    assert preference(probs(True), probs(True)) == pytest.approx(0.5)  # no information: exactly a half
+
+
+def test_judge_check_tells_a_reading_judge_from_a_coin():
+    rng = np.random.default_rng(0)
+    labelled = [(f"q{i}", "good " * int(rng.integers(1, 4)), "bad") for i in range(60)]
+    reads = check(_judge(lambda q, a, b: "A" if a.startswith("good") else "B"), labelled, "quality")
+    assert reads["accuracy"]["mean"] == 1.0 and reads["preferred"]["lo"] > 0.9 and not reads["chance"]
+    coin = check(lambda asks: np.tile([0.5, 0.5, 0.0], (len(asks), 1)), labelled, "quality")
+    assert coin["preferred"]["mean"] == 0.5 and coin["chance"]
+    with pytest.raises(DGAlignError, match="no labelled pairs"):
+        check(coin, [], "quality")
 
 
 @pytest.fixture(scope="module")

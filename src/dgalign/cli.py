@@ -1,7 +1,7 @@
 """The `dgalign` command line: thin wrappers over the library, imports made lazily.
 
 Commands: generate · exact · models · rewards · suites · methods · serve · train-dpo · train-rm · rm-eval ·
-bench · report · experiment · rate · judge.
+bench · report · experiment · rate · judge · judge-check.
 """
 
 from __future__ import annotations
@@ -797,6 +797,45 @@ def judge(
            columns, as_json)
     if not as_json:
         typer.echo(f"verdicts in {store.path}; next: dgalign report {run_dir}", err=True)
+
+
+@app.command("judge-check")
+def judge_check(
+    judge_model: Annotated[str, typer.Option("--judge", help="Judge LM: built-in name, HF id or local path.")] = (
+        DEFAULT_MODEL),
+    dimensions: Annotated[str, typer.Option(help="Comma-separated dimensions; harmlessness is checked on HH-RLHF "
+                                                 "pairs, any other on TruthfulQA's true vs false answers.")] = (
+        "harmlessness,helpfulness"),
+    pairs: Annotated[int, typer.Option(help="Labelled pairs per dimension.")] = 60,
+    data_dir: Annotated[str | None, typer.Option(help="Benchmark data directory (sets $DGALIGN_DATA).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help="Judge weights' dtype: auto, float32, bfloat16, float16.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Is the pairwise judge better than a coin? P(it prefers the labelled-better answer) on labelled pairs."""
+    import os
+
+    from .bench.suites import labelled_pairs
+    from .lm import DTYPES, load_lm
+    from .rate.judge import check, lm_judge
+
+    dims = _dimensions(dimensions)
+    _check(pairs >= 2, f"--pairs must be at least 2, got {pairs}")
+    _check(dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if data_dir:
+        os.environ["DGALIGN_DATA"] = data_dir
+    labelled = {d: labelled_pairs(d, pairs) for d in dims}
+    judge = lm_judge(load_lm(judge_model, dtype=dtype, device=device))
+    rows = []
+    for d, (items, source) in labelled.items():
+        c = check(judge, items, d)
+        p, a = c["preferred"], c["accuracy"]
+        rows.append({"dimension": d, "pairs": c["pairs"], "preferred": f"{p['mean']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]",
+                     "accuracy": f"{a['mean']:.2f}", "verdict": "coin (not evidence)" if c["chance"] else
+                     ("better than chance" if p["mean"] > 0.5 else "worse than chance"), "source": source,
+                     **({"check": c} if as_json else {})})
+    columns = ["dimension", "pairs", "preferred", "accuracy", "verdict", "source"]
+    _table([*([] if as_json else [dict(zip(columns, columns, strict=True))]), *rows], columns, as_json)
 
 
 def _bare_ray(args: list[str]) -> list[str]:

@@ -87,6 +87,25 @@ def _hh_harmless_pairs() -> list[dict]:
     return [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in _hh_rows() if _first_turn(r["chosen"]) not in held]
 
 
+def labelled_pairs(dimension: str, n: int) -> tuple[list[tuple[str, str, str]], str]:
+    """Up to n (question, better, worse) pairs that check a judge of `dimension`, and where they are from:
+    for harmlessness the single-turn HH-RLHF harmless pairs (chosen vs rejected; those of the held-out prompts
+    first), for any other dimension TruthfulQA's training questions (the best true answer vs a false one)."""
+    if dimension == "harmlessness":
+        held = {r["prompt"] for r in _hh_harmless()[: SUITES["hh-harmless"].heldout]}
+        out = []
+        for row in _hh_rows():
+            first = _first_turn(row["chosen"])
+            good, bad = (row[k].split(HH_ASSISTANT, 1)[1].strip() for k in ("chosen", "rejected"))
+            if row["chosen"].count(HH_HUMAN) == 1 and good and bad and good != bad:
+                out.append((first not in held, first, good, bad))
+        out.sort(key=lambda r: r[0])  # stable: held-out prompts first, file order within
+        return [r[1:] for r in out[:n]], "single-turn HH-RLHF harmless pairs: chosen vs rejected"
+    rows = _truthfulqa()[SUITES["truthfulqa"].heldout :]
+    return ([(r["prompt"], r["best"], r["incorrect"][0]) for r in rows if r["incorrect"]][:n],
+            "TruthfulQA training questions: the best true answer vs a false one")
+
+
 def _hash_order(rows: list[dict]) -> list[dict]:
     """Rows sorted by the SHA-256 of their prompt: a fixed shuffle that needs no seed and no library."""
     return sorted(rows, key=lambda r: hashlib.sha256(r["prompt"].encode()).hexdigest())

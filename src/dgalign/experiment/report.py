@@ -19,7 +19,7 @@ from ..eval.harness import read_manifest, read_rows, suite_label, write_atomic
 from ..eval.human import Verdict, win_tie_loss
 from ..eval.report import _nan_to_null, _pm, _rate, _sig, _table, plot_suite, summarise_suite
 from ..rewards import REWARDS, reward_names
-from .config import Experiment
+from .config import DPO, Experiment
 from .judging import BASE
 
 
@@ -38,15 +38,51 @@ def run_rows(benches) -> tuple[list[dict], dict]:
 
 
 def judge_table(path: Path, run_id: str) -> dict[tuple[str, str], dict]:
-    """(method, dimension) -> win / tie / loss vs base with bootstrap intervals over prompts."""
+    """(method, dimension) -> win / tie / loss vs base with bootstrap intervals over prompts, and the debiased
+    P(method preferred) (each prompt's mean over seeds, 95% bootstrap over prompts) where verdicts carry it."""
+    from ..rate.judge import bootstrap_mean
+
+    rows = read_rows(path)
     verdicts = [Verdict(i, (run_id, v["prompt_index"]), (v["method"], BASE), f"judge:{v['judge']}", v["dimension"],
-                        v["winner"]) for i, v in enumerate(read_rows(path))]
+                        v["winner"]) for i, v in enumerate(rows)]
     keys = sorted({(v.pair[0], v.dimension) for v in verdicts})
-    return {k: win_tie_loss([v for v in verdicts if (v.pair[0], v.dimension) == k]) for k in keys}
+    out = {k: win_tie_loss([v for v in verdicts if (v.pair[0], v.dimension) == k]) for k in keys}
+    for k in keys:
+        by_prompt: dict[int, list[float]] = {}
+        for v in rows:
+            if (v["method"], v["dimension"]) == k and "pref_x" in v:
+                by_prompt.setdefault(v["prompt_index"], []).append(v["pref_x"])
+        if by_prompt:
+            out[k]["preferred"] = bootstrap_mean([sum(p) / len(p) for p in by_prompt.values()])
+    return out
 
 
 def _wtl(s: dict) -> str:
     return " / ".join(f"{s[c]['mean']:.2f} [{s[c]['lo']:.2f}, {s[c]['hi']:.2f}]" for c in ("x", "tie", "y"))
+
+
+def _preferred(s: dict) -> str:
+    p = s.get("preferred")
+    return f"{p['mean']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]" if p else "–"
+
+
+def check_section(path: Path) -> tuple[list[str], dict]:
+    """What the judge's check on labelled pairs says (judge_check.json), per dimension, in words."""
+    if not path.exists():
+        return [], {}
+    checks = json.loads(path.read_text())
+    text = []
+    for d, c in checks.items():
+        p, a = c["preferred"], c["accuracy"]
+        text.append(f"**Judge check ({d})**: on {c['pairs']} labelled pairs ({c['source']}), `{c['judge']}` prefers "
+                    f"the better answer with P = {p['mean']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] (accuracy "
+                    f"{a['mean']:.2f} [{a['lo']:.2f}, {a['hi']:.2f}]). "
+                    + ("**The interval includes ½: on this dimension the judge is no better than a coin, so its "
+                       "column below is not evidence.**" if c["chance"] else
+                       ("The judge reads the answers better than chance; its column is weak evidence."
+                        if p["mean"] > 0.5 else "**The judge prefers the worse answer: its column is not evidence.**"))
+                    + "\n")
+    return text, checks
 
 
 def quality_section(run, s: dict, judged: dict, golds: list[str]) -> list[str]:
@@ -58,7 +94,8 @@ def quality_section(run, s: dict, judged: dict, golds: list[str]) -> list[str]:
     refs = [] if tqa else [k for k in ("bleu", "rouge_l", "bertscore") if any(k in m.get("reference", {})
                                                                                for m in methods.values())]
     header = ["method", "n", "proxy", *(f"gold {g}" for g in golds), *rates.values(), f"win-rate vs base ({s['win_by']})",
-              *(f"judge {d}: win / tie / loss" for d in dims), *(f"TruthfulQA {k}" for k in tqa),
+              *(f"judge {d}: {col}" for d in dims for col in ("P(method preferred) [95% CI]", "win / tie / loss")),
+              *(f"TruthfulQA {k}" for k in tqa),
               *(f"reference {k}" for k in refs)]
     lines = []
     for label, m in methods.items():
@@ -66,7 +103,7 @@ def quality_section(run, s: dict, judged: dict, golds: list[str]) -> list[str]:
                       *(_pm(m["gold"][g]) if g in m["gold"] else "–" for g in golds),
                       *(_rate(m["gold"][g]) if g in m["gold"] else "–" for g in rates),
                       _pm(m["win_rate"], 2) if "win_rate" in m else "–",
-                      *(_wtl(judged[(label, d)]) if (label, d) in judged else "–" for d in dims),
+                      *(f(judged[(label, d)]) if (label, d) in judged else "–" for d in dims for f in (_preferred, _wtl)),
                       *(_pm(m["reference"][k]) if k in m.get("reference", {}) else "–" for k in [*tqa, *refs])])
     return ["### Quality\n", _table(header, lines)]
 
@@ -109,7 +146,9 @@ def gain_section(rows: list[dict], s: dict, golds: list[str]) -> tuple[list[str]
 def cost_section(s: dict) -> list[str]:
     methods = s["methods"]
     base_fwd = methods[s["base"]]["lm_forward_tokens"]["mean"] if s["base"] in methods else math.nan
-    lines = [[f"`{label}`", _pm(m["kl"]) if m["kl"]["n"] else (f"≤ {m['kl_bound']:.2f}" if m["kl_bound"] else "–"),
+    # the DPO model is sampled plainly: its rows' KL is to itself (0), not to the base model, so it is not shown
+    lines = [[f"`{label}`", "–" if label == DPO else _pm(m["kl"]) if m["kl"]["n"] else
+              (f"≤ {m['kl_bound']:.2f}" if m["kl_bound"] else "–"),
               _pm(m["ppl"], 1), f"{m['distinct_2']:.3f}", _pm(m["wall_s"], None), _sig(m["s_per_token"]),
               f"{m['lm_forward_tokens']['mean'] / base_fwd:.2f}", _pm(m["energy_j"], None),
               f"{m['errors']}" + (f" (`{m['first_error'][:60]}`)" if m["errors"] else "")]
@@ -126,14 +165,17 @@ def efficiency_section(path: Path) -> tuple[list[str], dict]:
         sel = [r for r in rows if (r["method"], r["batch"]) == (method, b)]
         stats = {k: metrics.summarise([r[k] for r in sel]) for k in ("latency_s", "tokens_per_s", "energy_j_per_answer")}
         peak = max(r["gpu_peak_mb"] if r["gpu_peak_mb"] is not None else r["peak_mb"] for r in sel)
-        out[f"{method}@{b}"] = {**stats, "peak_mb": peak}
+        rss = [r["peak_rss_mb"] for r in sel if r.get("peak_rss_mb") is not None]  # rows of older runs lack it
+        out[f"{method}@{b}"] = {**stats, "peak_mb": peak, "peak_rss_mb": max(rss) if rss else None}
         lines.append([f"`{method}`", str(b), _pm(stats["latency_s"], None), _pm(stats["tokens_per_s"], None),
-                      f"{peak:.0f}", _pm(stats["energy_j_per_answer"], None)])
-    text = ["### Efficiency\n", "One sampler call per cell on `batch` prompts, the bench's settings; peak memory is "
-            "the resident memory above the call's start (CUDA: the allocator's peak); energy = CPU s × "
+                      f"{peak:.0f}", f"{max(rss):.0f}" if rss else "–", _pm(stats["energy_j_per_answer"], None)])
+    text = ["### Efficiency\n", "One sampler call per cell on `batch` prompts, the bench's settings; peak MB is "
+            "the resident memory above the call's start, after freed memory was handed back to the OS (CUDA: the "
+            "allocator's peak), peak RSS MB the process's whole resident memory at its peak (the loaded models "
+            "included); energy = CPU s × "
             f"{metrics.WATTS_PER_CORE:g} W / batch. `dpo` is not timed apart: its LoRA is merged into the weights, so it "
             "decodes as `base` does.\n",
-            _table(["method", "batch", "latency s", "tokens/s", "peak MB", "energy J / answer"], lines)]
+            _table(["method", "batch", "latency s", "tokens/s", "peak MB", "peak RSS MB", "energy J / answer"], lines)]
     return text, out
 
 
@@ -207,11 +249,14 @@ def write_experiment_report(exp: Experiment, plan, out: Path, manifest: dict) ->
                  f"{ident['max_new_tokens']} tokens · β {ident['beta']} · seeds {run.seeds} · "
                  f"{run.n_prompts} held-out prompts · budget-matched {ident['budget_matched'] or 'no'} · "
                  f"bench {seconds / 60:.1f} min\n"]
+        checked, check = check_section(Path(benches[0][0].out) / "judge_check.json")
+        text += checked
         text += quality_section(run, s, judged, golds)
         gain_text, gain = gain_section(rows, s, golds)
         text += gain_text
         text += cost_section(s)
-        summary["runs"][run.id] = {"summary": s, "judge": {f"{m} {d}": v for (m, d), v in judged.items()}, **gain}
+        summary["runs"][run.id] = {"summary": s, "judge": {f"{m} {d}": v for (m, d), v in judged.items()},
+                                   "judge_check": check, **gain}
         if run.kind == "efficiency" and (Path(benches[0][0].out) / "efficiency.jsonl").exists():
             section, eff = efficiency_section(Path(benches[0][0].out) / "efficiency.jsonl")
             text += section
@@ -223,10 +268,12 @@ def write_experiment_report(exp: Experiment, plan, out: Path, manifest: dict) ->
                  "of each group, one point per weight.\n", f"![{frontier}](plots/{frontier})\n"]
     steps = [[name, e.get("status", "–"), f"{e['seconds'] / 60:.1f}"] for name, e in manifest["steps"].items()]
     text += ["## Steps and their wall time\n", _table(["step", "status", "minutes"], steps),
-             "\nMeans ± half-width of the 95% Student-t interval over rows (prompt × seed); judge verdicts: "
-             "fractions of prompts × seeds with 95% bootstrap intervals over prompts, method first / tie / base "
-             "first, the order swapped and a flip counted as a tie. Per-run bench reports (every metric, all plots): "
-             "the `report.md` of each bench directory named in `manifest.json`.\n"]
+             "\nMeans ± half-width of the 95% Student-t interval over rows (prompt × seed). Judge: P(method "
+             "preferred) is the position-debiased preference (the verdict tokens' probabilities renormalised over "
+             "A / B, averaged over both orders; ½ = no preference), each prompt's mean over seeds with a 95% "
+             "bootstrap interval over prompts; win / tie / loss are the MT-Bench verdicts (each order's most "
+             "probable, a flip with the order counted as a tie) as fractions of prompts × seeds. Per-run bench "
+             "reports (every metric, all plots): the `report.md` of each bench directory named in `manifest.json`.\n"]
     write_atomic(out / "summary.json", json.dumps(_nan_to_null(summary), indent=1, default=str, allow_nan=False) + "\n")
     write_atomic(out / "report.md", "\n".join(text))
     return out / "report.md"

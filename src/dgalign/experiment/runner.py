@@ -10,7 +10,8 @@ Every step is resumable and skipped when its result is there, so a re-run does n
 4. each run's bench (`run_bench`, which resumes by (prompt, method, seed)) into WORK/NAME/<run id>/, plus
    WORK/NAME/<run id>-dpo/ for the DPO model; a complete run is not even loaded;
 5. the pairwise LM judge vs base on the suite's `judge` dimensions (rate/judge.py, both orders), one
-   resumable JSONL of verdicts per run;
+   resumable JSONL of verdicts per run, after the judge is checked on labelled pairs of each dimension
+   (judging.check: how often it prefers the better answer; a judge at chance is reported as no evidence);
 6. for efficiency runs, every method timed at each batch size (`speed.py`);
 7. the bench reports (WORK/NAME/<run id>/report.md) and the experiment's: OUT/report.md, OUT/plots/,
    OUT/summary.json, OUT/manifest.json (versions, machine, commands, each step's wall time).
@@ -262,6 +263,10 @@ def run_all(exp: Experiment, out: Path, work: Path, *, argv: list[str] | None = 
             write_report(cfg.out)
         dims = SUITES[run.suite].judge if run.judge else ()
         if dims:
+            check = Path(p.benches[run.id][0][0].out) / "judge_check.json"
+            steps.run(f"judge check {run.id}", judging.check_done(check),
+                      lambda d=dims, path=check: judging.check(path, d, exp.judge.model),
+                      {"file": str(check), "judge": exp.judge.model, "dimensions": list(dims)})
             path = Path(p.benches[run.id][0][0].out) / "judge.jsonl"
             steps.run(f"judge {run.id}", judging.done(path, p.benches[run.id], dims),
                       lambda r=run, path=path: judging.judge(path, p.benches[r.id], SUITES[r.suite].judge,
